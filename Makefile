@@ -1,0 +1,42 @@
+# jaxmnist: `make test`, `make train`. The first target that needs it creates .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline MNIST: a folder with the four IDX .gz files. Unset and absent, TFDS downloads it.
+JAXMNIST_DATA_DIR ?= $(wildcard ../shared/datasets/mnist)
+export JAXMNIST_DATA_DIR
+
+ARGS ?=
+
+.PHONY: install test train train-seed backprop bench compare lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+train: $(STAMP)
+	$(BIN)/python -m jaxmnist.train --recipe default $(ARGS)
+
+train-seed: $(STAMP)
+	$(BIN)/python -m jaxmnist.train --recipe seed $(ARGS)
+
+backprop: $(STAMP)
+	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out experiments/results/backprop
+
+bench: $(STAMP)
+	$(BIN)/python -m jaxmnist.bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check jaxmnist tests experiments
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,296 @@
+"""Backprop by hand for a 2-2-2 sigmoid network, proven right by `jax.grad`.
+
+    inputs        hidden                     outputs                    errors
+    i1 ──w1──┐
+             ├─> h1 = w1·i1 + w2·i2 + b1 ─> a_h1 = σ(h1) ─┬─w5─> o1 = w5·a_h1 + w6·a_h2 + b2 ─> a_o1 = σ(o1) ─> E1 = ½(t1 − a_o1)²
+    i2 ──w2──┘                                            ├─w7─┐
+    i1 ──w3──┐                                            │    └> o2 = w7·a_h1 + w8·a_h2 + b2 ─> a_o2 = σ(o2) ─> E2 = ½(t2 − a_o2)²
+             ├─> h2 = w3·i1 + w4·i2 + b1 ─> a_h2 = σ(h2) ─┴─(w6 to o1, w8 to o2)
+    i2 ──w4──┘
+                                                                                 E_total = E1 + E2
+
+Run `python -m jaxmnist.backprop --lrs 0.1,0.5,1,2` to train it by gradient descent at
+several learning rates at once and plot the total error against the iterations.
+The biases b1 (hidden layer) and b2 (output layer) are optional and never trained;
+with b1 = 0.35, b2 = 0.60 and lr 0.5 this is the classic published worked example
+("A Step by Step Backpropagation Example", Matt Mazur, 2015).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+WEIGHTS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
+BIASES = ("b1", "b2")
+PARAMS = WEIGHTS + BIASES
+INTERMEDIATES = ("h1", "a_h1", "h2", "a_h2", "o1", "a_o1", "o2", "a_o2", "E1", "E2", "E_total")
+
+DEFAULT_WEIGHTS = dict(w1=0.15, w2=0.20, w3=0.25, w4=0.30, w5=0.40, w6=0.45, w7=0.50, w8=0.55)
+DEFAULT_EXAMPLE = dict(i1=0.05, i2=0.10, t1=0.01, t2=0.99)
+PUBLISHED_BIASES = (0.35, 0.60)
+
+
+def init_params(weights: dict | None = None, biases: tuple[float, float] = (0.0, 0.0),
+                dtype=None) -> dict[str, jax.Array]:
+    """{'w1'..'w8', 'b1', 'b2'} as scalar arrays; zero biases mean "no biases"."""
+    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+    values = {**weights, "b1": biases[0], "b2": biases[1]}
+    return {k: jnp.asarray(values[k], dtype) for k in PARAMS}
+
+
+def example(dtype=None, **overrides) -> dict[str, jax.Array]:
+    """The training example {'i1', 'i2', 't1', 't2'} (defaults 0.05, 0.10, 0.01, 0.99)."""
+    return {k: jnp.asarray(v, dtype) for k, v in {**DEFAULT_EXAMPLE, **overrides}.items()}
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + jnp.exp(-x))
+
+
+def forward(p: dict, x: dict) -> dict[str, jax.Array]:
+    """Every intermediate of the forward pass, by name. The comment on each line is the
+    local derivative that the backward pass multiplies along that edge."""
+    i1, i2, t1, t2 = x["i1"], x["i2"], x["t1"], x["t2"]
+    h1 = p["w1"] * i1 + p["w2"] * i2 + p["b1"]  # ∂h1/∂w1 = i1, ∂h1/∂w2 = i2
+    a_h1 = sigmoid(h1)  # ∂a_h1/∂h1 = a_h1·(1 − a_h1)
+    h2 = p["w3"] * i1 + p["w4"] * i2 + p["b1"]  # ∂h2/∂w3 = i1, ∂h2/∂w4 = i2
+    a_h2 = sigmoid(h2)  # ∂a_h2/∂h2 = a_h2·(1 − a_h2)
+    o1 = p["w5"] * a_h1 + p["w6"] * a_h2 + p["b2"]  # ∂o1/∂w5 = a_h1, ∂o1/∂w6 = a_h2, ∂o1/∂a_h1 = w5, ∂o1/∂a_h2 = w6
+    a_o1 = sigmoid(o1)  # ∂a_o1/∂o1 = a_o1·(1 − a_o1)
+    o2 = p["w7"] * a_h1 + p["w8"] * a_h2 + p["b2"]  # ∂o2/∂w7 = a_h1, ∂o2/∂w8 = a_h2, ∂o2/∂a_h1 = w7, ∂o2/∂a_h2 = w8
+    a_o2 = sigmoid(o2)  # ∂a_o2/∂o2 = a_o2·(1 − a_o2)
+    E1 = 0.5 * (t1 - a_o1) ** 2  # ∂E1/∂a_o1 = a_o1 − t1
+    E2 = 0.5 * (t2 - a_o2) ** 2  # ∂E2/∂a_o2 = a_o2 − t2
+    E_total = E1 + E2  # ∂E_total/∂E1 = ∂E_total/∂E2 = 1
+    return dict(h1=h1, a_h1=a_h1, h2=h2, a_h2=a_h2, o1=o1, a_o1=a_o1, o2=o2, a_o2=a_o2,
+                E1=E1, E2=E2, E_total=E_total)
+
+
+def loss(p: dict, x: dict) -> jax.Array:
+    """E_total, the function `jax.grad` differentiates to check `manual_grads`."""
+    return forward(p, x)["E_total"]
+
+
+def manual_grads(p: dict, x: dict) -> dict[str, jax.Array]:
+    """∂E_total/∂(w1..w8, b1, b2), each written out by the chain rule as on paper."""
+    f = forward(p, x)
+    i1, i2, t1, t2 = x["i1"], x["i2"], x["t1"], x["t2"]
+    a_h1, a_h2, a_o1, a_o2 = f["a_h1"], f["a_h2"], f["a_o1"], f["a_o2"]
+    w5, w6, w7, w8 = p["w5"], p["w6"], p["w7"], p["w8"]
+
+    # Output layer. w5, w6 reach E_total only through o1 (so only E1); w7, w8 through o2.
+    # ∂E/∂w5 = ∂E1/∂a_o1 · ∂a_o1/∂o1 · ∂o1/∂w5
+    dw5 = (a_o1 - t1) * a_o1 * (1 - a_o1) * a_h1
+    dw6 = (a_o1 - t1) * a_o1 * (1 - a_o1) * a_h2
+    dw7 = (a_o2 - t2) * a_o2 * (1 - a_o2) * a_h1
+    dw8 = (a_o2 - t2) * a_o2 * (1 - a_o2) * a_h2
+
+    # Hidden layer. a_h1 feeds both outputs (via w5 to o1 and w7 to o2), so both errors
+    # flow back into w1 and w2:
+    # ∂E/∂w1 = (∂E1/∂a_o1·∂a_o1/∂o1·∂o1/∂a_h1 + ∂E2/∂a_o2·∂a_o2/∂o2·∂o2/∂a_h1) · ∂a_h1/∂h1 · ∂h1/∂w1
+    dw1 = ((a_o1 - t1) * a_o1 * (1 - a_o1) * w5
+           + (a_o2 - t2) * a_o2 * (1 - a_o2) * w7) * a_h1 * (1 - a_h1) * i1
+    dw2 = ((a_o1 - t1) * a_o1 * (1 - a_o1) * w5
+           + (a_o2 - t2) * a_o2 * (1 - a_o2) * w7) * a_h1 * (1 - a_h1) * i2
+    # a_h2 reaches o1 via w6 and o2 via w8.
+    dw3 = ((a_o1 - t1) * a_o1 * (1 - a_o1) * w6
+           + (a_o2 - t2) * a_o2 * (1 - a_o2) * w8) * a_h2 * (1 - a_h2) * i1
+    dw4 = ((a_o1 - t1) * a_o1 * (1 - a_o1) * w6
+           + (a_o2 - t2) * a_o2 * (1 - a_o2) * w8) * a_h2 * (1 - a_h2) * i2
+
+    # Shared biases: b2 enters o1 and o2 (∂o/∂b2 = 1), b1 enters h1 and h2 (∂h/∂b1 = 1).
+    db2 = (a_o1 - t1) * a_o1 * (1 - a_o1) + (a_o2 - t2) * a_o2 * (1 - a_o2)
+    db1 = (((a_o1 - t1) * a_o1 * (1 - a_o1) * w5
+            + (a_o2 - t2) * a_o2 * (1 - a_o2) * w7) * a_h1 * (1 - a_h1)
+           + ((a_o1 - t1) * a_o1 * (1 - a_o1) * w6
+              + (a_o2 - t2) * a_o2 * (1 - a_o2) * w8) * a_h2 * (1 - a_h2))
+    return dict(w1=dw1, w2=dw2, w3=dw3, w4=dw4, w5=dw5, w6=dw6, w7=dw7, w8=dw8, b1=db1, b2=db2)
+
+
+def sgd_update(p: dict, grads: dict, lr) -> dict:
+    """w ← w − lr·∂E_total/∂w for every weight; the biases stay fixed."""
+    return {k: p[k] - lr * grads[k] if k in WEIGHTS else p[k] for k in PARAMS}
+
+
+def gradient_descent(p: dict, x: dict, lrs: jax.Array, steps: int) -> dict[str, jax.Array]:
+    """Trains one copy of `p` per learning rate, all in one call (vmap over `lrs`, scan
+    over iterations). Returns arrays of shape (len(lrs), steps + 1) for every weight,
+    bias, intermediate and gradient (key 'dE_d' + name); row 0 is before any update."""
+
+    def snapshot(params):
+        grads = manual_grads(params, x)
+        return {**params, **forward(params, x), **{f"dE_d{k}": g for k, g in grads.items()}}
+
+    def run(lr):
+        def step(params, _):
+            row = snapshot(params)
+            new = sgd_update(params, {k: row[f"dE_d{k}"] for k in PARAMS}, lr)
+            return new, row
+
+        final, rows = jax.lax.scan(step, p, None, length=steps)
+        last = snapshot(final)
+        return jax.tree.map(lambda r, l: jnp.concatenate([r, l[None]]), rows, last)
+
+    return jax.jit(jax.vmap(run))(jnp.asarray(lrs))
+
+
+# ---------------------------------------------------------------------------------
+# The same chain rule in matrix form, for any layer widths.
+
+
+def init_mlp(key: jax.Array, widths: tuple[int, ...], dtype=jnp.float32) -> list[dict]:
+    """[{'W': (n_out, n_in), 'b': (n_out,)}] for a sigmoid MLP with the given widths."""
+    layers = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        key, kw, kb = jax.random.split(key, 3)
+        layers.append({"W": jax.random.normal(kw, (n_out, n_in), dtype) / jnp.sqrt(n_in),
+                       "b": 0.1 * jax.random.normal(kb, (n_out,), dtype)})
+    return layers
+
+
+def mlp_forward(layers: list[dict], x: jax.Array) -> list[jax.Array]:
+    """Activations [a_0 = x, a_1, ..., a_L] for a batch x of shape (B, n_in)."""
+    activations = [x]
+    for layer in layers:
+        activations.append(sigmoid(activations[-1] @ layer["W"].T + layer["b"]))
+    return activations
+
+
+def mlp_loss(layers: list[dict], x: jax.Array, t: jax.Array) -> jax.Array:
+    """Σ over the batch and the outputs of ½(t − a_L)²."""
+    return 0.5 * jnp.sum((t - mlp_forward(layers, x)[-1]) ** 2)
+
+
+def mlp_manual_grads(layers: list[dict], x: jax.Array, t: jax.Array) -> list[dict]:
+    """The 2-2-2 formulas in matrix form. With δ_l = ∂E/∂(pre-activation of layer l):
+    δ_L = (a_L − t) ⊙ a_L(1 − a_L);  δ_l = (δ_{l+1} W_{l+1}) ⊙ a_l(1 − a_l);
+    ∂E/∂W_l = δ_lᵀ a_{l−1};  ∂E/∂b_l = Σ_batch δ_l."""
+    a = mlp_forward(layers, x)
+    delta = (a[-1] - t) * a[-1] * (1 - a[-1])
+    grads = [None] * len(layers)
+    for l in reversed(range(len(layers))):
+        grads[l] = {"W": delta.T @ a[l], "b": delta.sum(axis=0)}
+        if l:
+            delta = (delta @ layers[l]["W"]) * a[l] * (1 - a[l])
+    return grads
+
+
+# ---------------------------------------------------------------------------------
+# Command line.
+
+
+def _parse_lrs(text: str) -> list[float]:
+    import argparse
+    import math
+
+    lrs = []
+    for part in text.split(","):
+        try:
+            lr = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {part.strip()!r}") from None
+        if not (lr > 0 and math.isfinite(lr)):
+            raise argparse.ArgumentTypeError(f"learning rates must be > 0, got {part.strip()}")
+        lrs.append(lr)
+    return lrs
+
+
+def _parse_biases(text: str) -> tuple[float, float]:
+    import argparse
+
+    parts = text.split(",")
+    try:
+        b1, b2 = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B1,B2 (two numbers), got {text!r}") from None
+    return b1, b2
+
+
+def history_rows(lrs, hist) -> tuple[list[str], list[list[str]]]:
+    """The spreadsheet view: one row per (lr, iteration), every value at full precision."""
+    columns = (["lr", "iteration"] + list(PARAMS) + list(INTERMEDIATES)
+               + [f"dE_d{k}" for k in PARAMS])
+    values = {k: jax.device_get(v) for k, v in hist.items()}
+    rows = []
+    for i, lr in enumerate(lrs):
+        for it in range(values["E_total"].shape[1]):
+            rows.append([repr(float(lr)), str(it)]
+                        + [repr(float(values[c][i, it])) for c in columns[2:]])
+    return columns, rows
+
+
+def plot_error(lrs, hist, path: Path) -> None:
+    """Total error against iterations, one curve per learning rate (linear and log axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    error = jax.device_get(hist["E_total"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, scale in zip(axes, ("linear", "log")):
+        for i, lr in enumerate(lrs):
+            ax.plot(error[i], label=f"lr = {lr:g}")
+        ax.set(xlabel="iteration", ylabel="E_total", yscale=scale,
+               title=f"Total error vs iterations ({scale} scale)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from jaxmnist.cli import ArgumentParser, UsageError, check_writable_dir, fail, positive_int
+
+    prog = "python -m jaxmnist.backprop"
+    p = ArgumentParser(prog=prog, description="Train the 2-2-2 net by hand-derived gradients.")
+    p.add_argument("--lrs", type=_parse_lrs, default=[0.1, 0.2, 0.5, 0.8, 1.0, 2.0],
+                   help="comma-separated learning rates (default 0.1,0.2,0.5,0.8,1,2)")
+    p.add_argument("--steps", type=positive_int, default=1000,
+                   help="gradient-descent iterations (default 1000)")
+    p.add_argument("--biases", type=_parse_biases, default=None, metavar="B1,B2",
+                   help="fixed biases, e.g. 0.35,0.60 (default: none)")
+    p.add_argument("--out", default="runs/backprop", help="output directory")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    try:
+        check_writable_dir(out)
+    except UsageError as e:
+        fail(prog, str(e))
+
+    # Float64 throughout: the CSV is the spreadsheet view and checks to the last digit.
+    jax.config.update("jax_enable_x64", True)
+    params = init_params(biases=args.biases or (0.0, 0.0))
+    hist = gradient_descent(params, example(), jnp.asarray(args.lrs), args.steps)
+    columns, rows = history_rows(args.lrs, hist)
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    # Write to temporary names, then rename: a failure leaves no half-written file.
+    tmp_csv, tmp_png = out / ".history.csv.tmp", out / ".error_vs_iterations.tmp.png"
+    tmp_csv.write_text(buf.getvalue())
+    plot_error(args.lrs, hist, tmp_png)
+    os.replace(tmp_csv, out / "history.csv")
+    os.replace(tmp_png, out / "error_vs_iterations.png")
+
+    error = jax.device_get(hist["E_total"])
+    print(f"{'lr':>6}  {'E_total at 0':>14}  {f'E_total at {args.steps}':>16}")
+    for i, lr in enumerate(args.lrs):
+        print(f"{lr:>6g}  {error[i, 0]:>14.9f}  {error[i, -1]:>16.9f}")
+    print(f"wrote {out / 'history.csv'} and {out / 'error_vs_iterations.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

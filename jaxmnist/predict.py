@@ -1,0 +1,133 @@
+"""Classify your own digit images: `python -m jaxmnist.predict --run runs/default a.png ...`.
+
+Each image is turned into an MNIST-style input the way MNIST itself was made: grayscale,
+white digit on black (dark-on-light images are inverted), the digit's bounding box
+scaled to fit 20x20 and placed in a 28x28 field so that its centre of mass is central.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MAX_PIXELS = 40_000_000  # larger images are refused rather than decoded
+
+
+class ImageError(Exception):
+    """A file that cannot be turned into a digit."""
+
+
+def to_mnist(image) -> np.ndarray:
+    """A PIL image -> (28, 28) float32 in [0, 1], white digit on black, MNIST-centred."""
+    from PIL import Image, ImageOps
+
+    if image.mode in ("RGBA", "LA", "P"):
+        # Transparent pixels count as background: composite onto white.
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image)
+    gray = np.asarray(ImageOps.grayscale(image), np.float32) / 255.0
+
+    def background(a):
+        return np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]))
+
+    if background(gray) > 0.5:  # dark digit on a light background
+        gray = 1.0 - gray
+    gray = np.clip(gray - background(gray), 0.0, 1.0)
+    if gray.max() <= 0.05:
+        raise ImageError("no digit found (the image is blank)")
+    gray = gray / gray.max()
+    ys, xs = np.nonzero(gray > 0.1)
+    crop = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray((crop * 255).astype(np.uint8)).resize(
+        (new_w, new_h), Image.Resampling.LANCZOS)
+    small = np.asarray(small, np.float32) / 255.0
+    # Centre of mass of the 20x20 digit goes to the centre of the 28x28 field.
+    total = small.sum()
+    cy = (small.sum(axis=1) * np.arange(new_h)).sum() / total
+    cx = (small.sum(axis=0) * np.arange(new_w)).sum() / total
+    top = int(np.clip(round(13.5 - cy), 0, 28 - new_h))
+    left = int(np.clip(round(13.5 - cx), 0, 28 - new_w))
+    field = np.zeros((28, 28), np.float32)
+    field[top : top + new_h, left : left + new_w] = small
+    return field
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Reads any image PIL can, with one clear ImageError for anything else."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError("file not found")
+    if path.stat().st_size == 0:
+        raise ImageError("empty file")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{image.width}x{image.height} is over the {MAX_PIXELS:,}-pixel limit")
+                image.load()
+                return to_mnist(image)
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise ImageError("not an image (unrecognised format)") from None
+        raise ImageError(f"over the {MAX_PIXELS:,}-pixel limit") from None
+    except OSError as e:
+        raise ImageError(f"unreadable image ({e})") from None
+
+
+def predict(model, variables, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) for (N, 28, 28) images in [0, 1]."""
+    import jax
+
+    from jaxmnist import data
+
+    x = data.standardize(np.asarray(images, np.float32)[..., None])
+    return np.asarray(jax.nn.softmax(model.apply(variables, x, train=False)))
+
+
+def main(argv=None) -> int:
+    from jaxmnist.cli import ArgumentParser, UsageError, fail, quiet_libraries
+
+    prog = "python -m jaxmnist.predict"
+    quiet_libraries()
+    p = ArgumentParser(prog=prog, description="Classify digit images with a trained run.")
+    p.add_argument("--run", required=True, help="a training run directory (e.g. runs/default)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    args = p.parse_args(argv)
+
+    from jaxmnist.train import load_trained
+
+    try:
+        model, variables = load_trained(args.run)
+    except UsageError as e:
+        fail(prog, str(e))
+
+    failed = False
+    for path in args.images:
+        try:
+            probs = predict(model, variables, load_image(path)[None])[0]
+        except ImageError as e:
+            print(f"{prog}: error: {path}: {e}", file=sys.stderr)
+            failed = True
+            continue
+        top = np.argsort(probs)[::-1][:3]
+        ranked = ", ".join(f"{d}: {probs[d]:.3f}" for d in top)
+        print(f"{path}: {top[0]}  ({ranked})")
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

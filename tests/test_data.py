@@ -1,0 +1,149 @@
+"""The input pipeline: IDX verification, the local TFDS builder, batches on device."""
+
+import gzip
+import hashlib
+import struct
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxmnist import data
+
+
+def write_idx(path, array, magic):
+    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+@pytest.fixture
+def fixture_dir(tmp_path):
+    """A tiny MNIST-shaped IDX folder (12 train, 6 test images) and its digests."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    digests, arrays = {}, {}
+    for split, n in (("train", 12), ("test", 6)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        for kind, array, magic in (("images", images, 2051), ("labels", labels, 2049)):
+            name = data.IDX_FILES[f"{split}_{kind}"]
+            digests[name.removesuffix(".gz")] = write_idx(folder / name, array, magic)
+        arrays[split] = (images, labels)
+    return folder, digests, arrays
+
+
+def test_read_idx_dir_round_trip(fixture_dir):
+    folder, digests, arrays = fixture_dir
+    read = data.read_idx_dir(folder, digests)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(read[split][0], arrays[split][0])
+        np.testing.assert_array_equal(read[split][1], arrays[split][1])
+
+
+def corrupt(folder, name, how):
+    path = folder / name
+    raw = gzip.decompress(path.read_bytes())
+    if how == "missing":
+        path.unlink()
+        return
+    if how == "magic":
+        raw = struct.pack(">i", 1234) + raw[4:]
+    elif how == "truncated":
+        raw = raw[:-100]
+    elif how == "not-gzip":
+        path.write_bytes(b"plain bytes")
+        return
+    path.write_bytes(gzip.compress(raw))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "file not found"),
+    ("magic", "IDX magic is 1234, expected 2051"),
+    ("truncated", "truncated"),
+    ("not-gzip", "not a readable gzip file"),
+])
+def test_bad_files_raise_one_clear_error(fixture_dir, how, message):
+    folder, _, _ = fixture_dir
+    corrupt(folder, "train-images-idx3-ubyte.gz", how)
+    with pytest.raises(data.DataError, match=message) as e:
+        data.read_idx_dir(folder, sha256=None)
+    assert "train-images-idx3-ubyte.gz" in str(e.value)
+
+
+def test_digest_mismatch_names_the_file_and_nothing_is_prepared(fixture_dir, tmp_path):
+    folder, _, _ = fixture_dir  # right format, but not the published MNIST bytes
+    tfds_dir = tmp_path / "tfds"
+    with pytest.raises(data.DataError, match=r"t10k|train.*sha256 of the decompressed bytes"):
+        data.prepare_local(folder, tfds_dir)
+    assert not (tfds_dir / "mnist").exists() or not any((tfds_dir / "mnist").iterdir())
+
+
+def test_local_builder_prepares_tfds_mnist_once(fixture_dir, tmp_path):
+    folder, digests, arrays = fixture_dir
+    tfds_dir = tmp_path / "tfds"
+    builder = data.prepare_local(folder, tfds_dir, sha256=digests)
+    assert builder.name == "mnist" and builder.is_prepared()
+    assert builder.info.splits["train"].num_examples == 12
+    assert builder.info.features["image"].shape == (28, 28, 1)
+    # Later runs reuse it: the IDX folder is no longer needed.
+    for f in folder.iterdir():
+        f.unlink()
+    train, test = data.load_mnist(folder, tfds_dir)
+    assert len(train) == 12 and len(test) == 6
+    chex.assert_shape(train.images, (12, 28, 28, 1))
+    # Same images and labels, in TFDS's own (shuffled) order.
+    got = sorted((int(label), img.tobytes())
+                 for label, img in zip(np.asarray(test.labels), np.asarray(test.images)[..., 0]))
+    want = sorted((int(label), img.tobytes()) for img, label in zip(*arrays["test"]))
+    assert got == want
+
+
+def test_validation_split_is_held_out_of_train(fixture_dir, tmp_path):
+    folder, digests, _ = fixture_dir
+    data.prepare_local(folder, tmp_path / "tfds", sha256=digests)
+    train, val = data.load_mnist(folder, tmp_path / "tfds", validation=4)
+    assert len(train) == 8 and len(val) == 4
+    all_train, _ = data.load_mnist(folder, tmp_path / "tfds")
+    np.testing.assert_array_equal(np.asarray(all_train.images[8:]), np.asarray(val.images))
+
+
+def test_tfds_path_with_mock_data():
+    with tfds.testing.mock_data(num_examples=40):
+        train, test = data.load_mnist(data_dir=None)
+    chex.assert_shape(train.images, (40, 28, 28, 1))
+    assert train.images.dtype == jnp.uint8 and train.labels.dtype == jnp.int32
+
+
+def test_real_mnist_from_the_local_copy(mnist_splits):
+    train, test = mnist_splits
+    assert (len(train), len(test)) == (60_000, 10_000)
+    np.testing.assert_array_equal(
+        np.bincount(np.asarray(test.labels)),
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    batch = data.get_batch(test, jnp.arange(1000))
+    x = np.asarray(batch["image"])
+    assert abs(x.mean()) < 0.1 and abs(x.std() - 1) < 0.1  # normalised with 0.1307/0.3081
+
+
+def test_epoch_permutation_covers_each_index_once():
+    perm = np.asarray(data.epoch_permutation(jax.random.key(0), 1000, 128))
+    assert perm.shape == (7, 128)
+    assert len(np.unique(perm)) == perm.size
+    other = np.asarray(data.epoch_permutation(jax.random.key(1), 1000, 128))
+    assert not np.array_equal(perm, other)
+
+
+def test_augment_keeps_shape_and_identity_at_zero():
+    images = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    same = data.augment(jax.random.key(1), images, 0.0, 0.0)
+    chex.assert_trees_all_close(same, images, atol=1e-5)
+    moved = data.augment(jax.random.key(1), images, 7.0, 1.0)
+    chex.assert_shape(moved, (4, 28, 28, 1))
+    assert not np.allclose(moved, images)

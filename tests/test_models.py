@@ -1,0 +1,80 @@
+"""The 12,088-parameter net: its size, shapes, and train/eval behaviour."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmnist.models import NUM_PARAMS, Net, count_params, summary
+
+
+def init(model=None, batch=2):
+    model = model or Net()
+    x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
+    return model, model.init(jax.random.key(1), x), x
+
+
+def test_parameter_count_is_12088():
+    _, variables, _ = init()
+    assert count_params(variables["params"]) == NUM_PARAMS == 12_088
+    # BatchNorm running statistics are state, not parameters: 2 x (8 + 6 x 16).
+    assert count_params(variables["batch_stats"]) == 2 * (8 + 6 * 16)
+
+
+def test_layer_table():
+    model, variables, _ = init()
+    rows = summary(model, variables)
+    assert rows == [
+        ("block1", (28, 28, 8), 88), ("block2", (28, 28, 16), 1184),
+        ("block3", (28, 28, 16), 2336), ("transition", (14, 14, 8), 128),
+        ("block4", (12, 12, 16), 1184), ("block5", (10, 10, 16), 2336),
+        ("block6", (8, 8, 16), 2336), ("block7", (6, 6, 16), 2336), ("head", (10,), 160),
+    ]
+    chex.assert_shape(variables["params"]["block1"]["conv"]["kernel"], (3, 3, 1, 8))
+    chex.assert_shape(variables["params"]["head"]["kernel"], (1, 1, 16, 10))
+
+
+def test_logits_shape():
+    model, variables, x = init(batch=5)
+    chex.assert_shape(model.apply(variables, x), (5, 10))
+
+
+def test_eval_mode_is_deterministic_and_leaves_stats_alone():
+    model, variables, x = init(batch=16)
+    a = model.apply(variables, x, train=False)
+    b = model.apply(variables, x, train=False, rngs={"dropout": jax.random.key(9)})
+    chex.assert_trees_all_equal(a, b)  # dropout is the identity
+    _, state = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    chex.assert_trees_all_equal(state["batch_stats"], variables["batch_stats"])
+
+
+def test_train_mode_uses_batch_stats_and_updates_them_like_pytorch():
+    model, variables, x = init(Net(dropout_rate=0.0), batch=16)
+    x = 3.0 * x + 1.0
+    out, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    # BN in training normalises with the batch's own statistics: per channel, the
+    # first block's BN output has mean ~0 and variance ~1 over the batch.
+    _, inter = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
+                           capture_intermediates=lambda m, _: m.name == "bn")
+    bn_out = inter["intermediates"]["block1"]["bn"]["__call__"][0]
+    np.testing.assert_allclose(bn_out.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(bn_out.var(axis=(0, 1, 2)), 1.0, rtol=1e-2)
+    # Running stats move 10 % of the way (PyTorch's momentum=0.1) towards the batch's.
+    conv = jax.lax.conv_general_dilated(
+        x, variables["params"]["block1"]["conv"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    relu = jnp.maximum(conv, 0)
+    new = state["batch_stats"]["block1"]["bn"]
+    np.testing.assert_allclose(new["mean"], 0.1 * relu.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new["var"], 0.9 + 0.1 * relu.var(axis=(0, 1, 2)), rtol=1e-4)
+    # Training-mode output differs from eval mode (which uses the running stats).
+    assert not np.allclose(out, model.apply(variables, x, train=False))
+
+
+def test_dropout_active_only_in_training():
+    model, variables, x = init(batch=8)
+    run = lambda seed: model.apply(  # noqa: E731
+        variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
+    )[0]
+    assert not np.allclose(run(0), run(1))
+    chex.assert_trees_all_equal(run(0), run(0))

@@ -1,0 +1,185 @@
+"""Training: the step, a short real run, determinism, resume after a kill, failing well."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmnist import configs, data, train
+
+
+def small_splits(splits, n_train=1024, n_test=500):
+    train_split, test_split = splits
+    return (data.Split(train_split.images[:n_train], train_split.labels[:n_train]),
+            data.Split(test_split.images[:n_test], test_split.labels[:n_test]))
+
+
+def random_batch(n=64, seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return {"image": jax.random.normal(k1, (n, 28, 28, 1)),
+            "label": jax.random.randint(k2, (n,), 0, 10)}
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    config = configs.seed()
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    step = jax.jit(train.train_step)
+    batch = random_batch()
+    losses = []
+    for _ in range(25):
+        state, metrics = step(state, batch, jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-5:]) < 0.75 * losses[0], losses
+    assert int(state.step) == 25
+    # BatchNorm statistics moved; parameters changed.
+    fresh = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    assert not np.allclose(state.batch_stats["block1"]["bn"]["mean"],
+                           fresh.batch_stats["block1"]["bn"]["mean"])
+
+
+def test_eval_step_masks_padding():
+    config = configs.seed()
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    batch = random_batch(8)
+    full = train.eval_step(state, {**batch, "mask": jnp.ones(8)})
+    half = train.eval_step(state, {**batch, "mask": jnp.array([1.0] * 4 + [0.0] * 4)})
+    first = train.eval_step(state, {k: v[:4] for k, v in batch.items()} | {"mask": jnp.ones(4)})
+    chex.assert_trees_all_close(half, first, rtol=1e-5)
+    assert float(full["loss"]) > float(half["loss"])
+
+
+def test_short_run_on_real_mnist(mnist_splits, tmp_path):
+    config = configs.Config(epochs=1)
+    run_dir = tmp_path / "run"
+    state = train.train_and_evaluate(config, run_dir, splits=mnist_splits, max_steps=60,
+                                     progress=False, verbose=False)
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # 60 steps of 128 images already classify most of the 10,000 test digits.
+    assert record["test_accuracy"] > 0.85, record
+    assert record["train_loss"] < 1.5
+    assert int(state.step) == 60
+    assert json.loads((run_dir / "config.json").read_text()) == config.to_dict()
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    model, variables = train.load_trained(run_dir)
+    chex.assert_trees_all_close(variables["params"], state.params)
+
+
+def test_same_seed_same_metrics(mnist_splits, tmp_path):
+    config = configs.Config(epochs=2, rotate_degrees=5.0, shift_pixels=1.0)
+    splits = small_splits(mnist_splits)
+    runs = []
+    for name in ("a", "b"):
+        train.train_and_evaluate(config, tmp_path / name, splits=splits, progress=False,
+                                 verbose=False)
+        runs.append([{k: v for k, v in json.loads(line).items()
+                      if k not in ("seconds", "train_images_per_s")}
+                     for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    assert runs[0] == runs[1]
+    assert len(runs[0]) == 2
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(mnist_splits, tmp_path):
+    config = configs.Config(epochs=2, lr=1e6, momentum=0.0)
+    with pytest.raises(train.TrainingDiverged, match=r"epoch 1, step \d+ of 8") as e:
+        train.train_and_evaluate(config, tmp_path / "run", splits=small_splits(mnist_splits),
+                                 progress=False, verbose=False)
+    assert "non-finite" in str(e.value)
+    assert not (tmp_path / "run" / "checkpoints" / "1").exists()
+
+
+# --- the command line, in subprocesses ----------------------------------------------
+
+
+def train_cli(*args, tfds_dir, mnist_dir, **kwargs):
+    env = {**os.environ, "JAXMNIST_DATA_DIR": str(mnist_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxmnist.train", "--tfds-dir", str(tfds_dir), "--no-progress",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def metrics_of(run_dir):
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in ("seconds", "train_images_per_s")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_a_kill_matches_a_straight_run(mnist_splits, tfds_dir, mnist_dir, tmp_path):
+    args = ["--recipe", "default", "--epochs", "2", "--max-steps", "12", "--out", str(tmp_path)]
+    straight = train_cli(*args, "--name", "straight", tfds_dir=tfds_dir, mnist_dir=mnist_dir)
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
+
+    killed = train_cli(*args, "--name", "killed", tfds_dir=tfds_dir, mnist_dir=mnist_dir)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert killed.poll() is None, killed.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)  # during epoch 2
+    killed.wait()
+    assert metrics.read_text().count("\n") == 1
+
+    resumed = train_cli(*args, "--name", "killed", "--resume", tfds_dir=tfds_dir,
+                        mnist_dir=mnist_dir)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert metrics_of(tmp_path / "killed") == metrics_of(tmp_path / "straight")
+    _, a = train.load_trained(tmp_path / "straight")
+    _, b = train.load_trained(tmp_path / "killed")
+    chex.assert_trees_all_equal(a, b)  # params and BatchNorm statistics, bit for bit
+
+
+def run_train_cli(*args, tfds_dir, mnist_dir):
+    p = train_cli(*args, tfds_dir=tfds_dir, mnist_dir=mnist_dir)
+    out, err = p.communicate(timeout=600)
+    return p.returncode, out, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--epochs", "two"], "expected a whole number"),
+    (["--epochs", "-3"], "must be > 0"),
+    (["--lr", "-0.1"], "must be a finite number > 0"),
+    (["--lr", "nan"], "must be a finite number > 0"),
+    (["--dropout", "1.5"], "must be in [0, 1)"),
+    (["--recipe", "fancy"], "invalid choice: 'fancy'"),
+    (["--batch-size", "70000"], "larger than the 60000 training images"),
+])
+def test_train_cli_rejects_bad_arguments(args, message, tfds_dir, mnist_dir, tmp_path):
+    code, _, err = run_train_cli(*args, "--out", str(tmp_path), tfds_dir=tfds_dir,
+                                 mnist_dir=mnist_dir)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_train_cli_rejects_unusable_directories(tfds_dir, mnist_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_train_cli("--out", str(blocker), tfds_dir=tfds_dir, mnist_dir=mnist_dir)
+    assert code == 2 and "is not a directory" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_train_cli("--data-dir", str(tmp_path / "nowhere"), "--out",
+                                 str(tmp_path / "runs"), "--tfds-dir", str(tmp_path / "fresh"),
+                                 tfds_dir=tfds_dir, mnist_dir=mnist_dir)
+    assert code == 2 and "MNIST directory not found" in err, err
+    assert len(err.strip().splitlines()) == 1
+    run = tmp_path / "runs" / "default"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(configs.seed().to_dict()))
+    code, _, err = run_train_cli("--out", str(tmp_path / "runs"), tfds_dir=tfds_dir,
+                                 mnist_dir=mnist_dir)
+    assert code == 2 and "holds a run with a different config" in err, err
+
+
+def test_summary_prints_the_layer_table():
+    r = subprocess.run([sys.executable, "-m", "jaxmnist.train", "--summary"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0
+    assert "block7       6x6x16" in r.stdout and "12,088" in r.stdout.splitlines()[-1]
