@@ -1,8 +1,14 @@
 # jaxmnist: `make test`, `make train`. The first target that needs it creates .venv.
 PYTHON ?= python3
 VENV   := .venv
+ifeq ($(NO_VENV),1)
+# Use $(PYTHON)'s own environment instead of .venv (e.g. Colab's, whose jax drives its TPU).
+BIN    := $(patsubst %/,%,$(dir $(PYTHON)))
+STAMP  := .installed-no-venv
+else
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+endif
 
 # Offline MNIST: a folder with the four IDX .gz files. Unset and absent, TFDS downloads it.
 JAXMNIST_DATA_DIR ?= $(wildcard ../shared/datasets/mnist)
@@ -12,11 +18,16 @@ ARGS ?=
 
 .PHONY: install test train train-seed backprop bench compare lint clean
 
+ifeq ($(NO_VENV),1)
+$(STAMP):
+	$(PYTHON) -c "import jaxmnist" 2>/dev/null || $(PYTHON) -m pip install --quiet -e .
+else
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+endif
 
 install: $(STAMP)
 
@@ -30,7 +41,8 @@ train-seed: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe seed $(ARGS)
 
 backprop: $(STAMP)
-	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out experiments/results/backprop
+	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out experiments/results/backprop \
+	| tee experiments/results/backprop/final_error.txt
 
 bench: $(STAMP)
 	$(BIN)/python -m jaxmnist.bench $(ARGS)

@@ -254,8 +254,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog=prog, description="Train the 2-2-2 net by hand-derived gradients.")
     p.add_argument("--lrs", type=_parse_lrs, default=[0.1, 0.2, 0.5, 0.8, 1.0, 2.0],
                    help="comma-separated learning rates (default 0.1,0.2,0.5,0.8,1,2)")
-    p.add_argument("--steps", type=positive_int, default=1000,
-                   help="gradient-descent iterations (default 1000)")
+    p.add_argument("--steps", type=positive_int, default=500,
+                   help="gradient-descent iterations (default 500)")
     p.add_argument("--biases", type=_parse_biases, default=None, metavar="B1,B2",
                    help="fixed biases, e.g. 0.35,0.60 (default: none)")
     p.add_argument("--out", default="runs/backprop", help="output directory")

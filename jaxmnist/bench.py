@@ -1,0 +1,109 @@
+"""Benchmark the train and eval steps: `python -m jaxmnist.bench [--steps N]`.
+
+Times the seed recipe's jitted train step (batch 128, dropout on, SGD with momentum)
+and the eval step on synthetic MNIST-shaped batches already on the device, so that
+only the step is timed. Compilation is timed apart. Prints one JSON object and
+appends it to experiments/results/bench.jsonl (with the date, jax version and commit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxmnist import configs, train
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "bench.jsonl"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def synthetic_batch(n: int, seed: int = 0) -> dict:
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return {"image": jax.random.normal(k1, (n, 28, 28, 1)),
+            "label": jax.random.randint(k2, (n,), 0, 10)}
+
+
+def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20) -> dict:
+    """Steady-state train and eval images/s for `config` on the default device(s)."""
+    trainer = train.Trainer(config)
+    state = trainer.put(train.create_train_state(config, jax.random.key(0), steps_per_epoch=469))
+    batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
+    rng = jax.random.key(1)
+
+    t0 = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch, rng).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(3):  # warm-up
+        state, _ = compiled(state, batch, rng)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    train_s = time.perf_counter() - t0
+
+    n_eval = config.eval_batch_size
+    eval_batch = {**jax.device_put(synthetic_batch(n_eval, 2), trainer.sharded),
+                  "mask": jnp.ones(n_eval)}
+    jax.block_until_ready(trainer.eval_step(state, eval_batch))
+    t0 = time.perf_counter()
+    for _ in range(eval_steps):
+        out = trainer.eval_step(state, eval_batch)
+    jax.block_until_ready(out)
+    eval_s = time.perf_counter() - t0
+
+    device = jax.devices()[0]
+    return {
+        "train_images_per_s": round(steps * config.batch_size / train_s, 1),
+        "eval_images_per_s": round(eval_steps * n_eval / eval_s, 1),
+        "compile_s": round(compile_s, 3),
+        "step_ms": round(1000 * train_s / steps, 2),
+        "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
+        "batch_size": config.batch_size,
+        "fast_kernels": config.fast_kernels,
+        "steps": steps,
+    }
+
+
+def main(argv=None) -> int:
+    from jaxmnist.cli import ArgumentParser, positive_int
+
+    p = ArgumentParser(prog="python -m jaxmnist.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=positive_int, default=100, help="timed train steps")
+    p.add_argument("--eval-steps", type=positive_int, default=20, help="timed eval batches")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--fast-kernels", action=__import__("argparse").BooleanOptionalAction,
+                   default=True, help="jaxmnist.kernels (default) or plain Flax layers")
+    p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
+    args = p.parse_args(argv)
+    config = dataclasses.replace(configs.seed(), batch_size=args.batch_size,
+                                 fast_kernels=args.fast_kernels)
+    result = bench(config, args.steps, args.eval_steps)
+    result.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  jax=jax.__version__, commit=_git_commit())
+    print(json.dumps(result))
+    if not args.no_record:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
