@@ -1,0 +1,34 @@
+"""`python -m jaxmnist.bench`: its JSON line and its argument errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, "-m", "jaxmnist.bench", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_bench_prints_one_json_line():
+    r = run_bench("--steps", "3", "--eval-steps", "1", "--no-record")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for field in ("train_images_per_s", "eval_images_per_s", "compile_s", "device", "jax", "date"):
+        assert field in result
+    assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
+    assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "must be > 0"),
+    (["--steps", "x"], "expected a whole number"),
+    (["--batch-size", "-2"], "must be > 0"),
+    (["--frobnicate"], "unrecognized arguments"),
+])
+def test_bench_rejects_bad_arguments(args, message):
+    r = run_bench(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
