@@ -103,3 +103,14 @@ def test_run_without_checkpoint_is_one_line_exit_2(tmp_path):
     r = run_predict("--run", str(tmp_path), "x.png")
     assert r.returncode == 2 and "no checkpoint" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["x.png"], "the following arguments are required: --run"),
+    (["--run", "r"], "the following arguments are required: images"),
+    (["--run", "r", "--top", "3", "x.png"], "unrecognized arguments: --top"),
+])
+def test_predict_rejects_bad_arguments(args, message):
+    r = run_predict(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -183,3 +183,16 @@ def test_summary_prints_the_layer_table():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0
     assert "block7       6x6x16" in r.stdout and "12,088" in r.stdout.splitlines()[-1]
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(mnist_splits, tmp_path):
+    config = configs.Config(epochs=1)
+    run_dir = tmp_path / "run"
+    state = train.train_and_evaluate(config, run_dir, splits=small_splits(mnist_splits),
+                                     progress=False, verbose=False)
+    # What a crash in the middle of saving epoch 2 leaves: orbax's temporary directory.
+    partial = run_dir / "checkpoints" / "2.orbax-checkpoint-tmp-1234567"
+    partial.mkdir()
+    (partial / "half-written").write_bytes(b"\0" * 100)
+    _, variables = train.load_trained(run_dir)
+    chex.assert_trees_all_equal(variables["params"], jax.device_get(state.params))
