@@ -31,9 +31,13 @@ def seed() -> Config:
 
 
 def default() -> Config:
-    """What `make train` runs: the seed net and budget plus a one-cycle schedule
-    and a small random rotation/shift, chosen on a 5,000-image validation split
-    (see experiments/results/selection/)."""
+    """What `make train` runs: the seed net and budget (12,088 params, 20 epochs, batch
+    128, SGD momentum 0.9) with a one-cycle schedule peaking at lr 0.1 and a small
+    random rotation (±7°) and shift (±1 px).
+
+    Chosen on a validation split (TFDS `train[-5000:]`, trained on the other 55,000):
+    final-epoch validation accuracy 99.48 % against 99.36 % for the same schedule
+    without augmentation (experiments/results/selection/, summary.md)."""
     return Config(lr=0.1, schedule="onecycle", rotate_degrees=7.0, shift_pixels=1.0)
 
 

@@ -433,6 +433,10 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the newest checkpoint in {run_dir} is the last finished "
+              "epoch: continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 

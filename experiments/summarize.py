@@ -1,0 +1,77 @@
+"""Tables for the README from the runs' own metrics.jsonl files.
+
+    python experiments/summarize.py > experiments/results/summary.md
+
+Reads experiments/results/{selection/*,seed,default,default-seed*}/metrics.jsonl and
+prints the final-epoch accuracies (the figure that counts), the best epoch (chosen on
+the evaluation set itself, so only descriptive), and the mean ± std over seeds.
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(run: Path) -> tuple[dict, list[dict]]:
+    config = json.loads((run / "config.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return config, rows
+
+
+def describe(config: dict) -> str:
+    parts = [f"{config['schedule']} lr {config['lr']:g}"]
+    if config["rotate_degrees"] or config["shift_pixels"]:
+        parts.append(f"rotate ±{config['rotate_degrees']:g}°, shift ±{config['shift_pixels']:g} px")
+    else:
+        parts.append("no augmentation")
+    return ", ".join(parts)
+
+
+def row(name: str, run: Path) -> str | None:
+    if not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
+        return None
+    config, rows = load(run)
+    split = "val" if config["validation"] else "test"
+    acc = [100 * r[f"{split}_accuracy"] for r in rows]
+    best = max(range(len(acc)), key=acc.__getitem__)
+    last5 = acc[-5:]
+    done = f"{len(rows)}/{config['epochs']}"
+    minutes = sum(r["seconds"] for r in rows) / 60
+    return (f"| {name} | {describe(config)} | {config['seed']} | {done} | {split} | "
+            f"**{acc[-1]:.2f}** | {min(last5):.2f}–{max(last5):.2f} | "
+            f"{acc[best]:.2f} (epoch {rows[best]['epoch']}) | {minutes:.0f} |")
+
+
+def main():
+    header = ("| run | recipe | seed | epochs | evaluated on | final-epoch accuracy (%) | "
+              "last 5 epochs | best epoch (chosen on that same set) | minutes |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("## Recipe selection (validation: TFDS `train[-5000:]`, trained on the rest)\n")
+    print(header)
+    for run in sorted((RESULTS / "selection").iterdir()):
+        if line := row(f"selection/{run.name}", run):
+            print(line)
+    print("\n## Final runs (trained on all 60,000, evaluated on the 10,000 test images)\n")
+    print(header)
+    for name in ["seed", "default", "default-seed1", "default-seed2"]:
+        if line := row(name, RESULTS / name):
+            print(line)
+    finals = []
+    for name in ["default", "default-seed1", "default-seed2"]:
+        path = RESULTS / name / "metrics.jsonl"
+        if path.exists():
+            config, rows = load(RESULTS / name)
+            if len(rows) == config["epochs"]:
+                finals.append(100 * rows[-1]["test_accuracy"])
+    if len(finals) >= 2:
+        print(f"\n`default` over {len(finals)} seeds, final epoch: "
+              f"**{statistics.mean(finals):.2f} ± {statistics.stdev(finals):.2f} %** "
+              f"(mean ± sample std; {', '.join(f'{a:.2f}' for a in finals)})")
+    else:
+        print(f"\n`default` seeds with all epochs done: {len(finals)} (mean ± std needs 2+)")
+
+
+if __name__ == "__main__":
+    main()
