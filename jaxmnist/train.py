@@ -317,10 +317,12 @@ def train_and_evaluate(
                 chunk = jax.device_get(step_metrics[checked:])
                 for j, cm in enumerate(chunk):
                     if not math.isfinite(cm["loss"]):
+                        last = manager.latest_step()
+                        kept = (f"the last good checkpoint (epoch {last}) is kept" if last
+                                else "no checkpoint had been saved yet")
                         raise TrainingDiverged(
                             f"non-finite training loss ({cm['loss']}) at epoch {epoch}, "
-                            f"step {checked + j + 1} of {steps_per_epoch}; the last good "
-                            f"checkpoint (epoch {manager.latest_step() or 'none'}) is kept")
+                            f"step {checked + j + 1} of {steps_per_epoch}; {kept}")
                 checked = i + 1
                 bar.set_postfix(loss=f"{chunk[-1]['loss']:.4f}",
                                 acc=f"{100 * np.mean([c['accuracy'] for c in chunk]):.2f}%")
