@@ -207,6 +207,7 @@ def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -219,6 +220,7 @@ def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> Non
     ax_acc.axhline(99.4, color="grey", ls="--", lw=1, label="99.4 %")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(97.5, 100))
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
