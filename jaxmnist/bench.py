@@ -8,6 +8,7 @@ appends it to experiments/results/bench.jsonl (with the date, jax version and co
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=positive_int, default=100, help="timed train steps")
     p.add_argument("--eval-steps", type=positive_int, default=20, help="timed eval batches")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--fast-kernels", action=__import__("argparse").BooleanOptionalAction,
+    p.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction,
                    default=True, help="jaxmnist.kernels (default) or plain Flax layers")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ batch is sharded over a 1-D mesh ("data") while the state stays replicated.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -393,7 +394,7 @@ def _parse_args(argv):
     for field in dataclasses.fields(configs.Config):
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
-            g.add_argument(flag, action=argparse_bool(), default=None)
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif field.name == "schedule":
             g.add_argument(flag, choices=["constant", "onecycle"], default=None)
         else:
@@ -407,12 +408,6 @@ def _parse_args(argv):
     if config.rotate_degrees < 0 or config.shift_pixels < 0:
         p.error("--rotate-degrees and --shift-pixels must be >= 0")
     return p, args, config
-
-
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction
 
 
 def main(argv=None) -> int:

@@ -152,7 +152,9 @@ def run_train_cli(*args, tfds_dir, mnist_dir):
     (["--recipe", "fancy"], "invalid choice: 'fancy'"),
     (["--batch-size", "70000"], "larger than the 60000 training images"),
 ])
-def test_train_cli_rejects_bad_arguments(args, message, tfds_dir, mnist_dir, tmp_path):
+def test_train_cli_rejects_bad_arguments(args, message, mnist_splits, tfds_dir, mnist_dir,
+                                         tmp_path):
+    # mnist_splits: the TFDS dir is prepared already, so no preparation output on stderr.
     code, _, err = run_train_cli(*args, "--out", str(tmp_path), tfds_dir=tfds_dir,
                                  mnist_dir=mnist_dir)
     assert code == 2
@@ -160,7 +162,7 @@ def test_train_cli_rejects_bad_arguments(args, message, tfds_dir, mnist_dir, tmp
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_train_cli_rejects_unusable_directories(tfds_dir, mnist_dir, tmp_path):
+def test_train_cli_rejects_unusable_directories(mnist_splits, tfds_dir, mnist_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, _, err = run_train_cli("--out", str(blocker), tfds_dir=tfds_dir, mnist_dir=mnist_dir)
