@@ -38,9 +38,11 @@ def row(name: str, run: Path) -> str | None:
     best = max(range(len(acc)), key=acc.__getitem__)
     last5 = acc[-5:]
     done = f"{len(rows)}/{config['epochs']}"
+    final = (f"**{acc[-1]:.2f}**" if len(rows) == config["epochs"]
+             else f"unfinished ({acc[-1]:.2f} at epoch {len(rows)})")
     minutes = sum(r["seconds"] for r in rows) / 60
     return (f"| {name} | {describe(config)} | {config['seed']} | {done} | {split} | "
-            f"**{acc[-1]:.2f}** | {min(last5):.2f}–{max(last5):.2f} | "
+            f"{final} | {min(last5):.2f}–{max(last5):.2f} | "
             f"{acc[best]:.2f} (epoch {rows[best]['epoch']}) | {minutes:.0f} |")
 
 
