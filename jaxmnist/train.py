@@ -2,7 +2,7 @@
 
 Small pure functions in the style of Flax's examples/mnist: `create_train_state`,
 `train_step`, `eval_step`, `train_and_evaluate`. The loop is a Python loop over a
-jitted step (on XLA:CPU `lax.scan` over steps measured ~7x slower), batches are cut on
+jitted step, batches are cut on
 the device from a device-resident copy of each split, and with several devices each
 batch is sharded over a 1-D mesh ("data") while the state stays replicated.
 """
