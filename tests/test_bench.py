@@ -22,7 +22,17 @@ def test_bench_prints_one_json_line():
     assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
 
 
+def test_bench_scan_times_several_steps_per_call():
+    r = run_bench("--steps", "5", "--eval-steps", "1", "--scan", "2", "--no-record")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    # 5 steps round down to two calls of 2 scanned steps.
+    assert result["steps_per_call"] == 2 and result["steps"] == 4
+    assert result["train_images_per_s"] > 0
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--scan", "0"], "must be > 0"),
     (["--steps", "0"], "must be > 0"),
     (["--steps", "x"], "expected a whole number"),
     (["--batch-size", "-2"], "must be > 0"),

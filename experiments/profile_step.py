@@ -1,0 +1,173 @@
+"""Where a training step's time goes: the step taken apart, each part jitted and timed alone.
+
+    python experiments/profile_step.py [--rounds 5] [--steps 50] [--batch-size 128]
+
+Parts (batch 128, seed recipe, float32), each for the fast kernels and the plain Flax net:
+  eval forward        model.apply(train=False)
+  train forward       loss with BatchNorm batch statistics and dropout
+  train fwd, no drop  the same with dropout rate 0 (the cost of the dropout masks)
+  forward + backward  jax.value_and_grad of the train loss
+  train step          forward + backward + optax SGD-momentum update (jaxmnist.train.train_step)
+  optimizer           the optax update and apply alone
+  input               get_batch: gather 128 uint8 images, normalise (seed recipe)
+  input + augment     the same with the default recipe's rotation and shift
+
+Then the fast net's layers one at a time, at their own input shapes (train mode;
+forward + backward to the parameters, and to the input except for block1, as in the
+net): each ConvBlock whole, and its convolution alone.
+
+The machine is noisy: the parts are timed round-robin, `--rounds` times, and the
+median per part is reported. Prints a table and writes experiments/results/profile.json.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmnist import configs, data, train
+from jaxmnist.models import Net
+
+HERE = Path(__file__).resolve().parent
+
+
+def parts(fast: bool, batch_size: int) -> dict:
+    """name -> (jitted function, args) for one variant of the net."""
+    config = dataclasses.replace(configs.seed(), fast_kernels=fast, batch_size=batch_size)
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=469)
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    batch = {"image": jax.random.normal(k1, (batch_size, 28, 28, 1)),
+             "label": jax.random.randint(k2, (batch_size,), 0, 10)}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def train_loss(params, rate):
+        model = Net(dropout_rate=rate, fast=fast)
+        logits, _ = model.apply({**variables, "params": params}, batch["image"], train=True,
+                                rngs={"dropout": k3}, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    grads = jax.grad(train_loss)(state.params, config.dropout)
+
+    def optimizer(state, grads):
+        return state.apply_gradients(grads=grads)
+
+    split = data.Split(
+        images=jax.random.randint(k1, (60_000, 28, 28, 1), 0, 256).astype(jnp.uint8),
+        labels=jax.random.randint(k2, (60_000,), 0, 10))
+    index = jax.random.permutation(k3, 60_000)[:batch_size]
+    aug = configs.default()
+    return {
+        "eval forward": (jax.jit(lambda v, x: state.apply_fn(v, x, train=False)),
+                         (variables, batch["image"])),
+        "train forward": (jax.jit(lambda p: train_loss(p, config.dropout)), (state.params,)),
+        "train fwd, no drop": (jax.jit(lambda p: train_loss(p, 0.0)), (state.params,)),
+        "forward + backward": (jax.jit(jax.value_and_grad(
+            lambda p: train_loss(p, config.dropout))), (state.params,)),
+        "train step": (jax.jit(train.train_step), (state, batch, k3)),
+        "optimizer": (jax.jit(optimizer), (state, grads)),
+        "input": (jax.jit(lambda s, i, k: data.get_batch(s, i)), (split, index, k3)),
+        "input + augment": (jax.jit(lambda s, i, k: data.get_batch(
+            s, i, k, aug.rotate_degrees, aug.shift_pixels)), (split, index, k3)),
+    }
+
+
+# (name, features, padding, input shape without the batch) of the net's conv blocks.
+BLOCKS = [("block1", 8, 1, (28, 28, 1)), ("block2", 16, 1, (28, 28, 8)),
+          ("block3", 16, 1, (28, 28, 16)), ("block4", 16, "VALID", (14, 14, 8)),
+          ("block5", 16, "VALID", (12, 12, 16)), ("block6", 16, "VALID", (10, 10, 16)),
+          ("block7", 16, "VALID", (8, 8, 16))]
+
+
+def layer_parts(batch_size: int) -> dict:
+    """name -> (jitted forward + backward of one layer, args), fast kernels."""
+    import flax.linen as nn
+
+    from jaxmnist.kernels import Conv3x3SingleChannel
+    from jaxmnist.models import ConvBlock
+
+    def sum_of_squares(module, variables, argnums):
+        def loss(params, x):
+            y, _ = module.apply({**variables, "params": params}, x, train=True,
+                                rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+            return jnp.sum(y * y)
+        return jax.jit(jax.value_and_grad(loss, argnums))
+
+    def conv_sum_of_squares(conv, argnums):
+        def loss(params, x):
+            y = conv.apply({"params": params}, x)
+            return jnp.sum(y * y)
+        return jax.jit(jax.value_and_grad(loss, argnums))
+
+    out = {}
+    for name, features, padding, shape in BLOCKS:
+        x = jax.random.normal(jax.random.key(0), (batch_size, *shape))
+        block = ConvBlock(features, padding, 0.069, fast=True)
+        variables = block.init(jax.random.key(1), x, train=False)
+        conv = (Conv3x3SingleChannel(features) if shape[-1] == 1 else
+                nn.Conv(features, (3, 3), padding=padding, use_bias=False))
+        label = f"{name} {shape[0]}x{shape[1]} {shape[2]}->{features}"
+        # The net needs no gradient with respect to the images themselves.
+        argnums = 0 if name == "block1" else (0, 1)
+        out[label] = (sum_of_squares(block, variables, argnums), (variables["params"], x))
+        out[f"{label} conv only"] = (conv_sum_of_squares(conv, argnums),
+                                     (variables["params"]["conv"], x))
+    return out
+
+
+def time_ms(fn, args, steps: int) -> float:
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    variants = {"fast": parts(True, args.batch_size), "flax": parts(False, args.batch_size)}
+    layers = layer_parts(args.batch_size)
+    samples = {(v, name): [] for v, ps in variants.items() for name in ps}
+    layer_samples = {name: [] for name in layers}
+    for _ in range(args.rounds):
+        for v, ps in variants.items():
+            for name, (fn, fargs) in ps.items():
+                samples[v, name].append(time_ms(fn, fargs, args.steps))
+        for name, (fn, fargs) in layers.items():
+            layer_samples[name].append(time_ms(fn, fargs, args.steps))
+    median = {k: statistics.median(s) for k, s in samples.items()}
+    layer_median = {k: statistics.median(s) for k, s in layer_samples.items()}
+    names = list(variants["fast"])
+    head = f"part (ms per batch of {args.batch_size})"
+    print(f"{head:<28} {'fast kernels':>12} "
+          f"{'plain Flax':>12}")
+    for name in names:
+        print(f"{name:<28} {median['fast', name]:>12.2f} {median['flax', name]:>12.2f}")
+    print(f"\n{'layer, forward + backward (ms)':<36} {'fast kernels':>12}")
+    for name, ms in layer_median.items():
+        print(f"{name:<36} {ms:>12.2f}")
+    device = jax.devices()[0]
+    result = {
+        "ms_median": {v: {n: round(median[v, n], 3) for n in names} for v in variants},
+        "layer_ms_median": {n: round(ms, 3) for n, ms in layer_median.items()},
+        "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
+        "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
+        "jax": jax.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (HERE / "results" / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
