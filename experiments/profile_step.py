@@ -16,6 +16,11 @@ Then the fast net's layers one at a time, at their own input shapes (train mode;
 forward + backward to the parameters, and to the input except for block1, as in the
 net): each ConvBlock whole, and its convolution alone.
 
+`--rusage LABEL` instead runs 50 jitted train steps and reports what the process
+spent on them (user and system CPU seconds, minor page faults per step), appending
+one line with LABEL to experiments/results/rusage.jsonl; run it under different
+environments (e.g. `MALLOC_ARENA_MAX=1`) to compare allocators.
+
 The machine is noisy: the parts are timed round-robin, `--rounds` times, and the
 median per part is reported. Prints a table and writes experiments/results/profile.json.
 """
@@ -130,12 +135,51 @@ def time_ms(fn, args, steps: int) -> float:
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def rusage_probe(steps: int = 50, rounds: int = 3) -> dict:
+    """CPU seconds and minor page faults of `steps` jitted train steps, per round."""
+    import resource
+
+    config = configs.seed()
+    trainer = train.Trainer(config)
+    state = trainer.put(train.create_train_state(config, jax.random.key(0), 469))
+    k1, k2 = jax.random.split(jax.random.key(1))
+    batch = jax.device_put({"image": jax.random.normal(k1, (128, 28, 28, 1)),
+                            "label": jax.random.randint(k2, (128,), 0, 10)}, trainer.sharded)
+    for _ in range(3):
+        state, _ = trainer.train_step(state, batch, k1)
+    jax.block_until_ready(state)
+    out = []
+    for _ in range(rounds):
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(steps):
+            state, _ = trainer.train_step(state, batch, k1)
+        jax.block_until_ready(state)
+        r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        out.append({"images_per_s": round(steps * 128 / wall, 1),
+                    "user_s_per_step": round((r1.ru_utime - r0.ru_utime) / steps, 4),
+                    "sys_s_per_step": round((r1.ru_stime - r0.ru_stime) / steps, 4),
+                    "minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) // steps})
+    return {k: statistics.median(o[k] for o in out) for k in out[0]}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rusage", metavar="LABEL", help="only the CPU-time and page-fault probe")
     args = p.parse_args()
+    if args.rusage:
+        import os
+
+        result = {"label": args.rusage, **rusage_probe(),
+                  "env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                      timespec="seconds")}
+        print(json.dumps(result))
+        with (HERE / "results" / "rusage.jsonl").open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        return
     variants = {"fast": parts(True, args.batch_size), "flax": parts(False, args.batch_size)}
     layers = layer_parts(args.batch_size)
     samples = {(v, name): [] for v, ps in variants.items() for name in ps}
