@@ -126,7 +126,16 @@ def layer_parts(batch_size: int) -> dict:
     return out
 
 
+def run_info() -> dict:
+    """Where and when a measurement ran, for the result files."""
+    device = jax.devices()[0]
+    return {"device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
+            "jax": jax.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def time_ms(fn, args, steps: int) -> float:
+    """Milliseconds per call of `fn(*args)`, compiled and warmed up first."""
     jax.block_until_ready(fn(*args))
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -201,14 +210,11 @@ def main():
     print(f"\n{'layer, forward + backward (ms)':<36} {'fast kernels':>12}")
     for name, ms in layer_median.items():
         print(f"{name:<36} {ms:>12.2f}")
-    device = jax.devices()[0]
     result = {
         "ms_median": {v: {n: round(median[v, n], 3) for n in names} for v in variants},
         "layer_ms_median": {n: round(ms, 3) for n, ms in layer_median.items()},
         "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
-        "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
-        "jax": jax.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_info(),
     }
     (HERE / "results" / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
 

@@ -16,15 +16,14 @@ experiments/results/weight_grad_study.json.
 """
 
 import argparse
-import datetime
 import json
 import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from profile_step import run_info, time_ms  # this folder is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -56,15 +55,6 @@ def dw_patches(x, g):
     xp, gp, rows, offsets = padded_rows(x, g)
     patches = jnp.concatenate([xp[o:o + rows] for o in offsets], axis=1)
     return (patches.T @ gp).reshape(3, 3, x.shape[-1], g.shape[-1])
-
-
-def time_ms(fn, args, steps):
-    jax.block_until_ready(fn(*args))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return 1000 * (time.perf_counter() - t0) / steps
 
 
 def main():
@@ -102,15 +92,11 @@ def main():
     print(f"{'28x28 conv, batch 128 (ms)':<34} {'8->16':>8} {'16->16':>8}")
     for name in dict.fromkeys(n for _, n in cases):
         print(f"{name:<34} {median['8->16', name]:>8.2f} {median['16->16', name]:>8.2f}")
-    device = jax.devices()[0]
     result = {
         "ms_median": {layer: {n: round(median[layer, n], 3) for (lay, n) in cases if lay == layer}
                       for layer in ("8->16", "16->16")},
         "ms_min": {f"{k[0]} {k[1]}": round(min(s), 3) for k, s in samples.items()},
-        "rounds": args.rounds, "steps": args.steps,
-        "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
-        "jax": jax.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "rounds": args.rounds, "steps": args.steps, **run_info(),
     }
     (HERE / "results" / "weight_grad_study.json").write_text(json.dumps(result, indent=1) + "\n")
 
