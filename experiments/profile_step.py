@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmnist import configs, data, train
+from jaxmnist.bench import synthetic_batch
 from jaxmnist.models import Net
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +49,7 @@ def parts(fast: bool, batch_size: int) -> dict:
     config = dataclasses.replace(configs.seed(), fast_kernels=fast, batch_size=batch_size)
     state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=469)
     k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
-    batch = {"image": jax.random.normal(k1, (batch_size, 28, 28, 1)),
-             "label": jax.random.randint(k2, (batch_size,), 0, 10)}
+    batch = synthetic_batch(batch_size)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def train_loss(params, rate):
@@ -151,17 +151,16 @@ def rusage_probe(steps: int = 50, rounds: int = 3) -> dict:
     config = configs.seed()
     trainer = train.Trainer(config)
     state = trainer.put(train.create_train_state(config, jax.random.key(0), 469))
-    k1, k2 = jax.random.split(jax.random.key(1))
-    batch = jax.device_put({"image": jax.random.normal(k1, (128, 28, 28, 1)),
-                            "label": jax.random.randint(k2, (128,), 0, 10)}, trainer.sharded)
+    rng = jax.random.key(1)
+    batch = jax.device_put(synthetic_batch(128), trainer.sharded)
     for _ in range(3):
-        state, _ = trainer.train_step(state, batch, k1)
+        state, _ = trainer.train_step(state, batch, rng)
     jax.block_until_ready(state)
     out = []
     for _ in range(rounds):
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(steps):
-            state, _ = trainer.train_step(state, batch, k1)
+            state, _ = trainer.train_step(state, batch, rng)
         jax.block_until_ready(state)
         r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
         out.append({"images_per_s": round(steps * 128 / wall, 1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import subprocess
 import sys
@@ -57,23 +58,22 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
     batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
     rng = jax.random.key(1)
     if scan > 1:
-        step_fn = jax.jit(scanned_steps, static_argnums=3, donate_argnums=0,
+        step_fn = jax.jit(functools.partial(scanned_steps, n=scan), donate_argnums=0,
                           out_shardings=(trainer.replicated, trainer.replicated))
         calls = max(1, steps // scan)
         steps = calls * scan
-        args = (batch, rng, scan)
     else:
-        step_fn, calls, args = trainer.train_step, steps, (batch, rng)
+        step_fn, calls = trainer.train_step, steps
 
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, *args).compile()
+    compiled = step_fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(3 if scan == 1 else 1):  # warm-up
-        state, _ = compiled(state, *args[:2])
+        state, _ = compiled(state, batch, rng)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(calls):
-        state, metrics = compiled(state, *args[:2])
+        state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
     train_s = time.perf_counter() - t0
 
