@@ -28,6 +28,7 @@ median per part is reported. Prints a table and writes experiments/results/profi
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import statistics
 import time
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmnist import configs, data, train
+from jaxmnist import configs, data, kernels, train
 from jaxmnist.bench import synthetic_batch
 from jaxmnist.models import Net
 
@@ -59,6 +60,7 @@ def parts(fast: bool, batch_size: int) -> dict:
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
     grads = jax.grad(train_loss)(state.params, config.dropout)
+    jit = functools.partial(jax.jit, compiler_options=kernels.compiler_options())
 
     def optimizer(state, grads):
         return state.apply_gradients(grads=grads)
@@ -69,16 +71,16 @@ def parts(fast: bool, batch_size: int) -> dict:
     index = jax.random.permutation(k3, 60_000)[:batch_size]
     aug = configs.default()
     return {
-        "eval forward": (jax.jit(lambda v, x: state.apply_fn(v, x, train=False)),
+        "eval forward": (jit(lambda v, x: state.apply_fn(v, x, train=False)),
                          (variables, batch["image"])),
-        "train forward": (jax.jit(lambda p: train_loss(p, config.dropout)), (state.params,)),
-        "train fwd, no drop": (jax.jit(lambda p: train_loss(p, 0.0)), (state.params,)),
-        "forward + backward": (jax.jit(jax.value_and_grad(
+        "train forward": (jit(lambda p: train_loss(p, config.dropout)), (state.params,)),
+        "train fwd, no drop": (jit(lambda p: train_loss(p, 0.0)), (state.params,)),
+        "forward + backward": (jit(jax.value_and_grad(
             lambda p: train_loss(p, config.dropout))), (state.params,)),
-        "train step": (jax.jit(train.train_step), (state, batch, k3)),
-        "optimizer": (jax.jit(optimizer), (state, grads)),
-        "input": (jax.jit(lambda s, i, k: data.get_batch(s, i)), (split, index, k3)),
-        "input + augment": (jax.jit(lambda s, i, k: data.get_batch(
+        "train step": (jit(train.train_step), (state, batch, k3)),
+        "optimizer": (jit(optimizer), (state, grads)),
+        "input": (jit(lambda s, i, k: data.get_batch(s, i)), (split, index, k3)),
+        "input + augment": (jit(lambda s, i, k: data.get_batch(
             s, i, k, aug.rotate_degrees, aug.shift_pixels)), (split, index, k3)),
     }
 
@@ -94,29 +96,29 @@ def layer_parts(batch_size: int) -> dict:
     """name -> (jitted forward + backward of one layer, args), fast kernels."""
     import flax.linen as nn
 
-    from jaxmnist.kernels import Conv3x3SingleChannel
     from jaxmnist.models import ConvBlock
+
+    jit = functools.partial(jax.jit, compiler_options=kernels.compiler_options())
 
     def sum_of_squares(module, variables, argnums):
         def loss(params, x):
             y, _ = module.apply({**variables, "params": params}, x, train=True,
                                 rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
             return jnp.sum(y * y)
-        return jax.jit(jax.value_and_grad(loss, argnums))
+        return jit(jax.value_and_grad(loss, argnums))
 
     def conv_sum_of_squares(conv, argnums):
         def loss(params, x):
             y = conv.apply({"params": params}, x)
             return jnp.sum(y * y)
-        return jax.jit(jax.value_and_grad(loss, argnums))
+        return jit(jax.value_and_grad(loss, argnums))
 
     out = {}
     for name, features, padding, shape in BLOCKS:
         x = jax.random.normal(jax.random.key(0), (batch_size, *shape))
         block = ConvBlock(features, padding, 0.069, fast=True)
         variables = block.init(jax.random.key(1), x, train=False)
-        conv = (Conv3x3SingleChannel(features) if shape[-1] == 1 else
-                nn.Conv(features, (3, 3), padding=padding, use_bias=False))
+        conv = nn.Conv(features, (3, 3), padding=padding, use_bias=False)
         label = f"{name} {shape[0]}x{shape[1]} {shape[2]}->{features}"
         # The net needs no gradient with respect to the images themselves.
         argnums = 0 if name == "block1" else (0, 1)

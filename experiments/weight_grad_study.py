@@ -1,21 +1,26 @@
-"""The 28x28 convolutions' backward on XLA:CPU, and rewrites of their weight gradient.
+"""The 28x28 convolutions on XLA:CPU: YNNPACK against Eigen, and weight-gradient rewrites.
 
     python experiments/weight_grad_study.py [--rounds 5] [--steps 20]
 
-For the net's two 28x28 3x3 convolutions (8->16 and 16->16, pad 1, batch 128), times
-the forward, the input gradient and the weight gradient as XLA computes them (the
-VJP of `lax.conv_general_dilated`), and two rewrites of the weight gradient, each
-checked against XLA's to 1e-5 relative:
+For the net's three 28x28 3x3 convolutions (1->8, 8->16 and 16->16, pad 1, batch 128),
+times the forward, the input gradient and the weight gradient as XLA computes them (the
+VJP of `lax.conv_general_dilated`), compiled with XLA:CPU's defaults (convolutions go
+to YNNPACK) and with jaxmnist's `kernels.compiler_options` (YNNPACK off: XLA's Eigen
+convolution); then, with jaxmnist's options, rewrites each checked against XLA's
+result to 1e-5 relative:
 
   shifted dots   dW[dy, dx] = X_shift^T G as nine dots over the flattened padded grid,
                  where each tap is a contiguous row offset (no strided copies)
   patches        the nine shifted inputs side by side (N*H*W, 9*Cin), one dot with G
+  nine MACs      (1->8 only) the forward as nine broadcast multiply-adds over the
+                 padded image, and its weight gradient by autodiff
 
 Round-robin, median over rounds. Prints a table; writes
 experiments/results/weight_grad_study.json.
 """
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -24,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from profile_step import run_info, time_ms  # this folder is on sys.path when run as a script
+
+from jaxmnist import kernels
 
 HERE = Path(__file__).resolve().parent
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -57,44 +64,60 @@ def dw_patches(x, g):
     return (patches.T @ gp).reshape(3, 3, x.shape[-1], g.shape[-1])
 
 
+def nine_macs(x, w):
+    """A 1-channel 3x3 conv (pad 1) as nine broadcast multiply-adds."""
+    _, h, wd, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(xp[:, dy:dy + h, dx:dx + wd, :] * w[dy, dx, 0]
+               for dy in range(3) for dx in range(3))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
+    options = {"YNNPACK": None, "Eigen": kernels.compiler_options(jax.devices("cpu"))}
+    layers = {"1->8": (1, 8), "8->16": (8, 16), "16->16": (16, 16)}
     cases = {}
-    for cin in (8, 16):
+    for layer, (cin, cout) in layers.items():
         kx, kw, kg = jax.random.split(jax.random.key(cin), 3)
         x = jax.random.normal(kx, (128, 28, 28, cin))
-        w = 0.1 * jax.random.normal(kw, (3, 3, cin, 16))
-        g = jax.random.normal(kg, (128, 28, 28, 16))
-        xla_dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-        fns = {
-            "forward (XLA)": jax.jit(lambda x, w, g: conv(x, w)),
-            "input gradient (XLA)": jax.jit(
-                lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-            "weight gradient (XLA)": xla_dw,
-            "weight gradient, shifted dots": jax.jit(lambda x, w, g: dw_shifted_dots(x, g)),
-            "weight gradient, patches": jax.jit(lambda x, w, g: dw_patches(x, g)),
+        w = 0.1 * jax.random.normal(kw, (3, 3, cin, cout))
+        g = jax.random.normal(kg, (128, 28, 28, cout))
+        ops = {
+            "forward": lambda x, w, g: conv(x, w),
+            "input gradient": lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+            "weight gradient": lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
         }
-        ref = xla_dw(x, w, g)
+        fns = {f"{op} (XLA, {o})": jax.jit(fn, compiler_options=opt)
+               for o, opt in options.items() for op, fn in ops.items()}
+        jit = functools.partial(jax.jit, compiler_options=options["Eigen"])
+        fns["weight gradient, shifted dots"] = jit(lambda x, w, g: dw_shifted_dots(x, g))
+        fns["weight gradient, patches"] = jit(lambda x, w, g: dw_patches(x, g))
+        if cin == 1:
+            fns["forward, nine MACs"] = jit(lambda x, w, g: nine_macs(x, w))
+            fns["weight gradient, nine MACs"] = jit(
+                lambda x, w, g: jax.vjp(lambda w: nine_macs(x, w), w)[1](g)[0])
+        refs = {op: fns[f"{op} (XLA, Eigen)"](x, w, g) for op in ops}
         for name, fn in fns.items():
-            if name.startswith("weight gradient,"):
-                err = float(jnp.abs(fn(x, w, g) - ref).max() / jnp.abs(ref).max())
-                assert err < 1e-5, (name, err)
-        for name, fn in fns.items():
-            cases[f"{cin}->16", name] = (fn, (x, w, g))
+            ref = refs[name.split(" (")[0].split(",")[0]]
+            err = float(jnp.abs(fn(x, w, g) - ref).max() / jnp.abs(ref).max())
+            assert err < 1e-5, (layer, name, err)
+            cases[layer, name] = (fn, (x, w, g))
     samples = {k: [] for k in cases}
     for _ in range(args.rounds):
         for k, (fn, fargs) in cases.items():
             samples[k].append(time_ms(fn, fargs, args.steps))
     median = {k: statistics.median(s) for k, s in samples.items()}
-    print(f"{'28x28 conv, batch 128 (ms)':<34} {'8->16':>8} {'16->16':>8}")
+    print(f"{'28x28 conv, batch 128 (ms, median)':<38}" + "".join(f"{lay:>9}" for lay in layers))
     for name in dict.fromkeys(n for _, n in cases):
-        print(f"{name:<34} {median['8->16', name]:>8.2f} {median['16->16', name]:>8.2f}")
+        cells = [f"{median[lay, name]:>9.2f}" if (lay, name) in median else f"{'':>9}"
+                 for lay in layers]
+        print(f"{name:<38}" + "".join(cells))
     result = {
-        "ms_median": {layer: {n: round(median[layer, n], 3) for (lay, n) in cases if lay == layer}
-                      for layer in ("8->16", "16->16")},
+        "ms_median": {lay: {n: round(median[k], 3) for k in cases if k[0] == lay
+                            for n in [k[1]]} for lay in layers},
         "ms_min": {f"{k[0]} {k[1]}": round(min(s), 3) for k, s in samples.items()},
         "rounds": args.rounds, "steps": args.steps, **run_info(),
     }

@@ -49,17 +49,20 @@ def scanned_steps(state, batch, rng, n: int):
     return jax.lax.scan(body, state, length=n)
 
 
-def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: int = 1) -> dict:
+def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: int = 1,
+          xla_defaults: bool = False) -> dict:
     """Steady-state train and eval images/s for `config` on the default device(s).
 
-    `scan` > 1 times `scan` steps per jitted call (a `lax.scan`) instead of one."""
-    trainer = train.Trainer(config)
+    `scan` > 1 times `scan` steps per jitted call (a `lax.scan`) instead of one;
+    `xla_defaults` compiles with XLA's default options instead of
+    `kernels.compiler_options` (on CPU: with YNNPACK convolutions)."""
+    trainer = train.Trainer(config, compiler_options={} if xla_defaults else None)
     state = trainer.put(train.create_train_state(config, jax.random.key(0), steps_per_epoch=469))
     batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
     rng = jax.random.key(1)
     if scan > 1:
-        step_fn = jax.jit(functools.partial(scanned_steps, n=scan), donate_argnums=0,
-                          out_shardings=(trainer.replicated, trainer.replicated))
+        step_fn = trainer.jit(functools.partial(scanned_steps, n=scan), donate_argnums=0,
+                              out_shardings=(trainer.replicated, trainer.replicated))
         calls = max(1, steps // scan)
         steps = calls * scan
     else:
@@ -98,6 +101,7 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
         "fast_kernels": config.fast_kernels,
         "steps": steps,
         "steps_per_call": scan,
+        "compiler_options": "xla-defaults" if xla_defaults else "jaxmnist",
     }
 
 
@@ -113,11 +117,14 @@ def main(argv=None) -> int:
     p.add_argument("--scan", type=positive_int, default=1, metavar="K",
                    help="time K steps per jitted call, looped by lax.scan (default 1: "
                    "a Python loop, as jaxmnist.train does)")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="compile with XLA's default options (on CPU: YNNPACK convolutions) "
+                   "instead of jaxmnist's")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     args = p.parse_args(argv)
     config = dataclasses.replace(configs.seed(), batch_size=args.batch_size,
                                  fast_kernels=args.fast_kernels)
-    result = bench(config, args.steps, args.eval_steps, args.scan)
+    result = bench(config, args.steps, args.eval_steps, args.scan, args.xla_defaults)
     result.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   jax=jax.__version__, commit=_git_commit())
     print(json.dumps(result))

@@ -1,16 +1,21 @@
-"""Small, fast replacements for three Flax/lax ops, each checked against the op it replaces.
+"""Fast replacements for three Flax ops, each checked against the op it replaces, and
+the XLA:CPU compiler option this project compiles with.
 
-On XLA:CPU these three account for most of the gap between a plain Flax train step
-and PyTorch eager (see the README's performance section):
+On XLA:CPU these account for most of the difference between a plain Flax train step
+and a fast one (measured in the README's performance section):
 
+* `compiler_options` — XLA:CPU hands convolutions to YNNPACK by default; for this net's
+  28x28 weight gradients that is several times slower than XLA's own Eigen
+  convolution, and the step as a whole runs about 2x faster with YNNPACK off.
 * `HashDropout` — Flax's `nn.Dropout` draws one threefry number per element; here one
   threefry draw per call seeds a counter-based hash of the element index, which fuses
   into the neighbouring ops and costs almost nothing.
 * `max_pool_2x2` — `nn.max_pool` lowers to reduce-window whose backward pass builds
-  argmax indices and a scatter; a reshape and `max` gives the same values with a
-  cheap, fused backward.
-* `Conv3x3SingleChannel` — a 3x3 convolution of a 1-channel image is nine
-  multiply-adds, which XLA:CPU fuses better than it runs a 1-input-channel conv.
+  argmax indices and a scatter; a reshape and `max`, with a backward pass that routes
+  each gradient to the window's first maximum, gives the same values and gradients.
+* `BatchNorm` — `nn.BatchNorm` with its batch statistics summed by `channel_sum`, a
+  reduction shape that XLA:CPU vectorises (a plain sum over (N, H, W) becomes a slow
+  reduce-window there).
 """
 
 from __future__ import annotations
@@ -82,34 +87,105 @@ class HashDropout(nn.Module):
         return hash_dropout(self.make_rng(self.rng_collection), self.rate, x)
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2, of an NHWC array with even H and W (== nn.max_pool)."""
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     if h % 2 or w % 2:
         raise ValueError(f"max_pool_2x2 needs even height and width, got {h}x{w}")
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class Conv3x3SingleChannel(nn.Module):
-    """A 3x3, stride-1, padding-1, bias-free conv of a 1-channel NHWC image.
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, of an NHWC array with even H and W (== nn.max_pool).
 
-    Same parameter (`kernel`, shape (3, 3, 1, features)) and result as
-    `nn.Conv(features, (3, 3), padding=1, use_bias=False)`.
+    The gradient goes to the first maximum of each window in row-major order, as
+    `nn.max_pool`'s does (`jnp.max` would split it between tied maxima, e.g. two
+    dropped-out zeros)."""
+    return _max_pool_2x2(x)
+
+
+def _max_pool_2x2_fwd(x):
+    y = _max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+    x, y = residuals
+    n, h, w, c = x.shape
+    hit = x.reshape(n, h // 2, 2, w // 2, 2, c) == y[:, :, None, :, None, :]
+    top_left, top_right = hit[:, :, 0, :, 0], hit[:, :, 0, :, 1]
+    bottom_left, bottom_right = hit[:, :, 1, :, 0], hit[:, :, 1, :, 1]
+    # Each position wins only if no earlier position of its window holds the maximum.
+    top_right &= ~top_left
+    bottom_left &= ~(top_left | top_right)
+    bottom_right &= ~(top_left | top_right | bottom_left)
+    first = jnp.stack([jnp.stack([top_left, top_right], axis=3),
+                       jnp.stack([bottom_left, bottom_right], axis=3)], axis=2)
+    dx = jnp.where(first, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+    return (dx.reshape(x.shape),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+def channel_sum(x: jax.Array) -> jax.Array:
+    """The sum of an (..., C) array over every axis but the last, shape (C,).
+
+    Summed as rows of k*C values (k = the largest power of two up to 64 that divides
+    the row count), then over the k groups: XLA:CPU vectorises that reduction, where a
+    plain `x.sum(axis=(0, 1, 2))` becomes a reduce-window several times slower."""
+    c = x.shape[-1]
+    m = x.size // c
+    k = 1
+    while k < 64 and m % (2 * k) == 0:
+        k *= 2
+    return x.reshape(m // k, k * c).sum(axis=0).reshape(k, c).sum(axis=0)
+
+
+class BatchNorm(nn.Module):
+    """Drop-in for `nn.BatchNorm` over every axis but the last, same maths and variables.
+
+    Params `scale` and `bias`, batch_stats `mean` and `var`; in training the batch's
+    mean and biased variance E[x²] − E[x]² (clipped at 0, as Flax's), and running
+    statistics updated as `momentum * old + (1 - momentum) * batch`, except while
+    initialising. The sums go through `channel_sum`.
     """
 
-    features: int
-    kernel_init: nn.initializers.Initializer = torch_conv_init
+    use_running_average: bool | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] != 1:
-            raise ValueError(f"expected 1 input channel, got {x.shape[-1]}")
-        kernel = self.param("kernel", self.kernel_init, (3, 3, 1, self.features), jnp.float32)
-        kernel = kernel.astype(x.dtype)
-        _, h, w, _ = x.shape
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        out = 0
-        for dy in range(3):
-            for dx in range(3):
-                out = out + padded[:, dy : dy + h, dx : dx + w, :] * kernel[dy, dx, 0]
-        return out
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average)
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(c, jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(c, jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            m = x.size // c
+            mean = channel_sum(x) / m
+            var = jnp.maximum(0.0, channel_sum(x * x) / m - mean * mean)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        # (x - mean) * scale / std + bias, as one multiply-add per element.
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        return x * mul + (bias - mean * mul)
+
+
+# XLA:CPU's default sends convolutions to YNNPACK, whose weight gradients for this
+# net's 28x28 layers run on one core and several times slower than XLA's own Eigen
+# convolution; with YNNPACK off a train step is about 2x faster (README, Performance).
+XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(devices: Sequence[jax.Device] | None = None) -> dict | None:
+    """The `jax.jit(compiler_options=...)` for this project's functions on `devices`
+    (default: jax.devices()): `XLA_CPU_OPTIONS` on CPU, XLA's defaults elsewhere."""
+    device = devices[0] if devices else jax.devices()[0]
+    return dict(XLA_CPU_OPTIONS) if device.platform == "cpu" else None

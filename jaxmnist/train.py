@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmnist import configs, data
+from jaxmnist import configs, data, kernels
 from jaxmnist.cli import ArgumentParser, UsageError, check_writable_dir, fail, quiet_libraries
 from jaxmnist.models import Net, count_params, summary
 
@@ -97,10 +98,16 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
 
 class Trainer:
-    """Compiled functions bound to one mesh of devices (all of them by default)."""
+    """Compiled functions bound to one mesh of devices (all of them by default).
 
-    def __init__(self, config: configs.Config, devices=None):
+    They are compiled with `compiler_options` (default: `kernels.compiler_options`,
+    which turns XLA:CPU's YNNPACK convolutions off on CPU; `{}` keeps XLA's defaults)."""
+
+    def __init__(self, config: configs.Config, devices=None, compiler_options=None):
         devices = devices if devices is not None else jax.devices()
+        if compiler_options is None:
+            compiler_options = kernels.compiler_options(devices)
+        jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
         # Auto axes: XLA's partitioner propagates the batch sharding through the step
         # (BatchNorm's batch means become all-reduces over the global batch).
         self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
@@ -113,14 +120,15 @@ class Trainer:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(config, name)} "
                                  f"is not divisible by the {n} devices")
         self.config = config
-        self.train_step = jax.jit(train_step, donate_argnums=0,
-                                  out_shardings=(self.replicated, self.replicated))
-        self.eval_step = jax.jit(eval_step, out_shardings=self.replicated)
-        self.permutation = jax.jit(data.epoch_permutation, static_argnums=(1, 2),
-                                   out_shardings=self.replicated)
-        self.get_batch = jax.jit(self._get_batch, out_shardings=self.sharded)
-        self.get_eval_batch = jax.jit(self._get_eval_batch, static_argnums=(2,),
-                                      out_shardings=self.sharded)
+        self.jit = jit
+        self.train_step = jit(train_step, donate_argnums=0,
+                              out_shardings=(self.replicated, self.replicated))
+        self.eval_step = jit(eval_step, out_shardings=self.replicated)
+        self.permutation = jit(data.epoch_permutation, static_argnums=(1, 2),
+                               out_shardings=self.replicated)
+        self.get_batch = jit(self._get_batch, out_shardings=self.sharded)
+        self.get_eval_batch = jit(self._get_eval_batch, static_argnums=(2,),
+                                  out_shardings=self.sharded)
 
     def _get_batch(self, split, perm, i, key):
         c = self.config

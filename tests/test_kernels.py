@@ -1,4 +1,4 @@
-"""The fast kernels against the Flax/lax ops they replace."""
+"""The fast kernels against the Flax/lax ops they replace, and the XLA:CPU option."""
 
 import chex
 import flax.linen as nn
@@ -72,19 +72,103 @@ def test_max_pool_2x2_matches_nn_max_pool_values_and_grads():
         kernels.max_pool_2x2(jnp.zeros((1, 7, 8, 1)))
 
 
-def test_single_channel_conv_matches_nn_conv():
-    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
-    fast = kernels.Conv3x3SingleChannel(8)
-    ref = nn.Conv(8, (3, 3), padding=1, use_bias=False)
-    params = fast.init(jax.random.key(1), x)
-    chex.assert_shape(params["params"]["kernel"], (3, 3, 1, 8))
-    chex.assert_trees_all_close(fast.apply(params, x), ref.apply(params, x), atol=1e-5)
-    w = jax.random.normal(jax.random.key(2), (4, 28, 28, 8))
+class MaxPoolTiesTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_tied_windows_give_their_gradient_to_the_first_maximum(self):
+        # ReLU and dropout make ties common (windows of zeros): nn.max_pool's gradient
+        # goes to the first maximum of each window; jnp.max's is split between them.
+        x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+        x = jnp.maximum(jnp.round(x), 0.0)  # many windows with tied maxima
+        w = jax.random.normal(jax.random.key(1), (4, 4, 4, 3))
 
-    def grads(m):
-        return jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * w), argnums=(0, 1))(params, x)
+        def grad(pool):
+            return self.variant(jax.grad(lambda x: jnp.sum(pool(x) * w)))(x)
 
-    chex.assert_trees_all_close(grads(fast), grads(ref), rtol=1e-4, atol=1e-4)
+        ours = grad(kernels.max_pool_2x2)
+        chex.assert_trees_all_equal(ours, grad(lambda x: nn.max_pool(x, (2, 2), (2, 2))))
+        # Every window passes its whole gradient to exactly one position.
+        nonzero = np.asarray(ours != 0).reshape(4, 4, 2, 4, 2, 3).sum(axis=(2, 4))
+        assert nonzero.max() == 1
+        windows = np.asarray(x).reshape(4, 4, 2, 4, 2, 3)
+        tied = (windows == windows.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1
+        assert tied.mean() > 0.2
+
+
+@pytest.mark.parametrize("shape", [(16, 28, 28, 16), (3, 5, 7, 4), (128, 6, 6, 16)])
+def test_channel_sum_matches_sum_over_leading_axes(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    got = kernels.channel_sum(x)
+    chex.assert_shape(got, (shape[-1],))
+    chex.assert_trees_all_close(got, jnp.sum(x, axis=(0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(16, 28, 28, 16), (5, 3, 7, 4)])
+def test_batch_norm_matches_nn_batch_norm(shape):
+    x = 2.0 * jax.random.normal(jax.random.key(0), shape) + 0.5
+    ours = kernels.BatchNorm(momentum=0.9, epsilon=1e-5)
+    ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+    variables = ref.init(jax.random.key(1), x, use_running_average=False)
+    chex.assert_trees_all_equal_structs(
+        variables, ours.init(jax.random.key(1), x, use_running_average=False))
+    # Non-trivial parameters and running statistics.
+    k = iter(jax.random.split(jax.random.key(2), 4))
+    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(k), v.shape), variables)
+    variables["batch_stats"]["var"] = jnp.abs(variables["batch_stats"]["var"])
+
+    for train in (True, False):
+        def run(module, variables, x, train=train):
+            return module.apply(variables, x, use_running_average=not train,
+                                mutable=["batch_stats"])
+
+        (y, new), (y_ref, new_ref) = run(ours, variables, x), run(ref, variables, x)
+        chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(new, new_ref, atol=1e-5, rtol=1e-5)
+        w = jax.random.normal(jax.random.key(3), shape)
+
+        def grads(module, w=w, run=run):
+            def loss(params, x):
+                return jnp.sum(run(module, {**variables, "params": params}, x)[0] * w)
+            return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+
+        chex.assert_trees_all_close(grads(ours), grads(ref), atol=1e-4, rtol=1e-4)
+    # In training the output is normalised with the batch's own statistics.
+    y, _ = ours.apply({**variables, "params": {"scale": jnp.ones(shape[-1]),
+                                               "bias": jnp.zeros(shape[-1])}},
+                      x, use_running_average=False, mutable=["batch_stats"])
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+
+
+def test_batch_norm_init_leaves_running_statistics_alone():
+    x = 5.0 + jax.random.normal(jax.random.key(0), (4, 6, 6, 3))
+    stats = kernels.BatchNorm().init(jax.random.key(1), x, use_running_average=False)
+    chex.assert_trees_all_equal(stats["batch_stats"],
+                                {"mean": jnp.zeros(3), "var": jnp.ones(3)})
+
+
+def test_compiler_options_turn_ynnpack_off_on_cpu_only():
+    cpu = jax.devices("cpu")
+    assert kernels.compiler_options(cpu) == {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+    class FakeGpu:
+        platform = "gpu"
+
+    assert kernels.compiler_options([FakeGpu()]) is None
+    # With the option no convolution of the net's step goes to YNNPACK; by default
+    # XLA:CPU sends them there.
+    x = jnp.zeros((8, 28, 28, 8))
+    w = jnp.zeros((3, 3, 8, 16))
+
+    def weight_grad(x, w):
+        conv = lambda w: jax.lax.conv_general_dilated(  # noqa: E731
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.grad(lambda w: jnp.sum(conv(w) ** 2))(w)
+
+    def hlo(options):
+        return jax.jit(weight_grad, compiler_options=options).lower(x, w).compile().as_text()
+
+    assert "__ynn_fusion" not in hlo(kernels.compiler_options(cpu))
+    assert "convolution" in hlo(kernels.compiler_options(cpu))
 
 
 def test_fast_and_plain_nets_agree():
