@@ -16,7 +16,7 @@ export JAXMNIST_DATA_DIR
 
 ARGS ?=
 
-.PHONY: install test train train-seed backprop bench compare lint clean
+.PHONY: install test train train-fast train-seed backprop bench compare lint clean
 
 ifeq ($(NO_VENV),1)
 $(STAMP):
@@ -36,6 +36,9 @@ test: $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe default $(ARGS)
+
+train-fast: $(STAMP)
+	$(BIN)/python -m jaxmnist.train --recipe fast $(ARGS)
 
 train-seed: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe seed $(ARGS)

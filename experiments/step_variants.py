@@ -19,12 +19,25 @@ Variants, each jaxmnist with one thing changed:
   plain Flax                 all of jaxmnist.kernels undone (Net(fast=False))
   plain Flax, YNNPACK        the same with XLA's defaults: a plain Flax step
 
+and alternatives that were tried and not kept:
+  BN affine, custom VJP      BatchNorm's x * a + b with a hand-written backward whose
+                             two per-channel sums go through `channel_sum` too
+  BN in a 2-D view           BatchNorm's x * a + b on the (M/k, k*C) view that
+                             `channel_sum` uses, so that autodiff's sums are row sums
+  dropout mask stored        the dropout keep-mask materialised once (an
+                             optimization barrier) instead of recomputed in the
+                             backward pass
+  strided-slice pool         the pool as the maximum of four strided slices
+  first conv 9 MACs + XLA    nine multiply-adds forward, XLA's convolution weight
+                             gradient backward (a custom VJP)
+
 Prints a table and writes experiments/results/step_variants.json.
 """
 
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import statistics
@@ -50,6 +63,7 @@ class NineMacConv(nn.Module):
     padding: str | int = "SAME"
     use_bias: bool = False
     kernel_init: object = kernels.torch_conv_init
+    conv_weight_grad: bool = False  # the 1-channel case's backward is XLA's convolution's
 
     @nn.compact
     def __call__(self, x):
@@ -60,13 +74,87 @@ class NineMacConv(nn.Module):
                 self.padding
             return jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        _, h, w, _ = x.shape
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        out = 0
-        for dy in range(3):
-            for dx in range(3):
-                out = out + padded[:, dy:dy + h, dx:dx + w, :] * kernel[dy, dx, 0]
-        return out
+        return (nine_macs_conv_grad if self.conv_weight_grad else nine_macs)(x, kernel)
+
+
+def nine_macs(x, kernel):
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(padded[:, dy:dy + h, dx:dx + w, :] * kernel[dy, dx, 0]
+               for dy in range(3) for dx in range(3))
+
+
+def _conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def nine_macs_conv_grad(x, kernel):
+    return nine_macs(x, kernel)
+
+
+nine_macs_conv_grad.defvjp(lambda x, k: (nine_macs(x, k), (x, k)),
+                           lambda res, g: jax.vjp(_conv, *res)[1](g))
+
+
+@jax.custom_vjp
+def affine_channel_sum_vjp(x, a, b):
+    return x * a + b
+
+
+affine_channel_sum_vjp.defvjp(
+    lambda x, a, b: (x * a + b, (x, a)),
+    lambda res, g: (g * res[1], kernels.channel_sum(g * res[0]), kernels.channel_sum(g)))
+
+
+def affine_2d(x, a, b):
+    c = x.shape[-1]
+    m = x.size // c
+    k = 1
+    while k < 64 and m % (2 * k) == 0:
+        k *= 2
+    x2 = x.reshape(m // k, k * c)
+    return (x2 * jnp.tile(a, k) + jnp.tile(b, k)).reshape(x.shape)
+
+
+def batch_norm_with(affine):
+    """kernels.BatchNorm with its final x * a + b computed by `affine`."""
+
+    class AffineBatchNorm(kernels.BatchNorm):
+        @nn.compact
+        def __call__(self, x, use_running_average=None):
+            use_running_average = nn.merge_param(
+                "use_running_average", self.use_running_average, use_running_average)
+            c = x.shape[-1]
+            ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(c))
+            ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(c))
+            scale = self.param("scale", nn.initializers.ones, (c,))
+            bias = self.param("bias", nn.initializers.zeros, (c,))
+            if use_running_average:
+                mean, var = ra_mean.value, ra_var.value
+            else:
+                m = x.size // c
+                mean = kernels.channel_sum(x) / m
+                var = jnp.maximum(0.0, kernels.channel_sum(x * x) / m - mean * mean)
+                if not self.is_initializing():
+                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            mul = scale * jax.lax.rsqrt(var + self.epsilon)
+            return affine(x, mul, bias - mean * mul)
+
+    return AffineBatchNorm
+
+
+def stored_mask_dropout(key, rate, x):
+    threshold = round(rate * 2.0**32)
+    keep = jax.lax.optimization_barrier(kernels.hash_bits(key, x.shape) >= threshold)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def strided_slice_pool(x):
+    return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
+                       jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
 
 
 def jnp_max_pool(x):
@@ -107,6 +195,16 @@ VARIANTS = {
     "first conv as 9 MACs": (True, False, lambda: swap_conv(NineMacConv)),
     "plain Flax": (False, False, contextlib.nullcontext),
     "plain Flax, YNNPACK": (False, True, contextlib.nullcontext),
+    "BN affine, custom VJP": (True, False, lambda: patched(
+        kernels, "BatchNorm", batch_norm_with(affine_channel_sum_vjp))),
+    "BN in a 2-D view": (True, False, lambda: patched(
+        kernels, "BatchNorm", batch_norm_with(affine_2d))),
+    "dropout mask stored": (True, False, lambda: patched(
+        kernels, "hash_dropout", stored_mask_dropout)),
+    "strided-slice pool": (True, False, lambda: patched(
+        kernels, "max_pool_2x2", strided_slice_pool)),
+    "first conv 9 MACs + XLA": (True, False, lambda: swap_conv(
+        functools.partial(NineMacConv, conv_weight_grad=True))),
 }
 
 

@@ -20,6 +20,14 @@ def test_bench_prints_one_json_line():
         assert field in result
     assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
     assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
+    assert result["compiler_options"] == "jaxmnist"
+
+
+def test_bench_xla_defaults_compiles_with_xla_s_own_options():
+    r = run_bench("--steps", "2", "--eval-steps", "1", "--xla-defaults", "--no-record")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["compiler_options"] == "xla-defaults" and result["train_images_per_s"] > 0
 
 
 def test_bench_scan_times_several_steps_per_call():

@@ -45,6 +45,20 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
                            fresh.batch_stats["block1"]["bn"]["mean"])
 
 
+def test_trainer_compiles_without_ynnpack_on_cpu():
+    config = configs.seed()
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    batch, key = random_batch(8), jax.random.key(1)
+
+    def compiled(trainer):
+        return trainer.train_step.lower(trainer.put(state), batch, key).compile().as_text()
+
+    ours = compiled(train.Trainer(config))
+    assert "convolution" in ours and "__ynn_fusion" not in ours
+    # XLA's defaults ({}) would send the convolutions to YNNPACK.
+    assert "__ynn_fusion" in compiled(train.Trainer(config, compiler_options={}))
+
+
 def test_eval_step_masks_padding():
     config = configs.seed()
     state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
