@@ -22,6 +22,8 @@ def load(run: Path) -> tuple[dict, list[dict]]:
 
 def describe(config: dict) -> str:
     parts = [f"{config['schedule']} lr {config['lr']:g}"]
+    if config["batch_size"] != 128:
+        parts.append(f"batch {config['batch_size']}")
     if config["rotate_degrees"] or config["shift_pixels"]:
         parts.append(f"rotate ±{config['rotate_degrees']:g}°, shift ±{config['shift_pixels']:g} px")
     else:
