@@ -28,7 +28,6 @@ median per part is reported. Prints a table and writes experiments/results/profi
 import argparse
 import dataclasses
 import datetime
-import functools
 import json
 import statistics
 import time
@@ -43,6 +42,11 @@ from jaxmnist.bench import synthetic_batch
 from jaxmnist.models import Net
 
 HERE = Path(__file__).resolve().parent
+
+
+def jit(fn):
+    """jax.jit with the compiler options jaxmnist.train uses."""
+    return jax.jit(fn, compiler_options=kernels.compiler_options())
 
 
 def parts(fast: bool, batch_size: int) -> dict:
@@ -60,8 +64,6 @@ def parts(fast: bool, batch_size: int) -> dict:
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
     grads = jax.grad(train_loss)(state.params, config.dropout)
-    jit = functools.partial(jax.jit, compiler_options=kernels.compiler_options())
-
     def optimizer(state, grads):
         return state.apply_gradients(grads=grads)
 
@@ -97,8 +99,6 @@ def layer_parts(batch_size: int) -> dict:
     import flax.linen as nn
 
     from jaxmnist.models import ConvBlock
-
-    jit = functools.partial(jax.jit, compiler_options=kernels.compiler_options())
 
     def sum_of_squares(module, variables, argnums):
         def loss(params, x):

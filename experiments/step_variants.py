@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from profile_step import run_info  # this folder is on sys.path when run as a script
+from weight_grad_study import conv, nine_macs
 
 from jaxmnist import configs, kernels, train
 from jaxmnist.bench import synthetic_batch
@@ -77,25 +78,13 @@ class NineMacConv(nn.Module):
         return (nine_macs_conv_grad if self.conv_weight_grad else nine_macs)(x, kernel)
 
 
-def nine_macs(x, kernel):
-    _, h, w, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return sum(padded[:, dy:dy + h, dx:dx + w, :] * kernel[dy, dx, 0]
-               for dy in range(3) for dx in range(3))
-
-
-def _conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @jax.custom_vjp
 def nine_macs_conv_grad(x, kernel):
     return nine_macs(x, kernel)
 
 
 nine_macs_conv_grad.defvjp(lambda x, k: (nine_macs(x, k), (x, k)),
-                           lambda res, g: jax.vjp(_conv, *res)[1](g))
+                           lambda res, g: jax.vjp(conv, *res)[1](g))
 
 
 @jax.custom_vjp
@@ -110,11 +99,8 @@ affine_channel_sum_vjp.defvjp(
 
 def affine_2d(x, a, b):
     c = x.shape[-1]
-    m = x.size // c
-    k = 1
-    while k < 64 and m % (2 * k) == 0:
-        k *= 2
-    x2 = x.reshape(m // k, k * c)
+    k = kernels.channel_groups(x.size // c)
+    x2 = x.reshape(-1, k * c)
     return (x2 * jnp.tile(a, k) + jnp.tile(b, k)).reshape(x.shape)
 
 
@@ -122,26 +108,8 @@ def batch_norm_with(affine):
     """kernels.BatchNorm with its final x * a + b computed by `affine`."""
 
     class AffineBatchNorm(kernels.BatchNorm):
-        @nn.compact
-        def __call__(self, x, use_running_average=None):
-            use_running_average = nn.merge_param(
-                "use_running_average", self.use_running_average, use_running_average)
-            c = x.shape[-1]
-            ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(c))
-            ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(c))
-            scale = self.param("scale", nn.initializers.ones, (c,))
-            bias = self.param("bias", nn.initializers.zeros, (c,))
-            if use_running_average:
-                mean, var = ra_mean.value, ra_var.value
-            else:
-                m = x.size // c
-                mean = kernels.channel_sum(x) / m
-                var = jnp.maximum(0.0, kernels.channel_sum(x * x) / m - mean * mean)
-                if not self.is_initializing():
-                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-            mul = scale * jax.lax.rsqrt(var + self.epsilon)
-            return affine(x, mul, bias - mean * mul)
+        def scale_and_shift(self, x, mul, add):
+            return affine(x, mul, add)
 
     return AffineBatchNorm
 
@@ -155,11 +123,6 @@ def stored_mask_dropout(key, rate, x):
 def strided_slice_pool(x):
     return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
                        jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
-
-
-def jnp_max_pool(x):
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 @contextlib.contextmanager
@@ -191,7 +154,8 @@ VARIANTS = {
     "nn.Dropout": (True, False, lambda: patched(kernels, "HashDropout", nn.Dropout)),
     "nn.max_pool": (True, False, lambda: patched(
         kernels, "max_pool_2x2", lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))),
-    "jnp.max pool": (True, False, lambda: patched(kernels, "max_pool_2x2", jnp_max_pool)),
+    "jnp.max pool": (True, False, lambda: patched(
+        kernels, "max_pool_2x2", kernels._max_pool_2x2)),
     "first conv as 9 MACs": (True, False, lambda: swap_conv(NineMacConv)),
     "plain Flax": (False, False, contextlib.nullcontext),
     "plain Flax, YNNPACK": (False, True, contextlib.nullcontext),

@@ -116,8 +116,8 @@ def main():
                  for lay in layers]
         print(f"{name:<38}" + "".join(cells))
     result = {
-        "ms_median": {lay: {n: round(median[k], 3) for k in cases if k[0] == lay
-                            for n in [k[1]]} for lay in layers},
+        "ms_median": {lay: {n: round(median[lay, n], 3) for (lay2, n) in cases if lay2 == lay}
+                      for lay in layers},
         "ms_min": {f"{k[0]} {k[1]}": round(min(s), 3) for k, s in samples.items()},
         "rounds": args.rounds, "steps": args.steps, **run_info(),
     }

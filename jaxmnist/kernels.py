@@ -128,17 +128,24 @@ def _max_pool_2x2_bwd(residuals, g):
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
-def channel_sum(x: jax.Array) -> jax.Array:
-    """The sum of an (..., C) array over every axis but the last, shape (C,).
-
-    Summed as rows of k*C values (k = the largest power of two up to 64 that divides
-    the row count), then over the k groups: XLA:CPU vectorises that reduction, where a
-    plain `x.sum(axis=(0, 1, 2))` becomes a reduce-window several times slower."""
-    c = x.shape[-1]
-    m = x.size // c
+def channel_groups(m: int) -> int:
+    """The k of `channel_sum` for m rows of C values: the largest power of two up to 64
+    that divides m."""
     k = 1
     while k < 64 and m % (2 * k) == 0:
         k *= 2
+    return k
+
+
+def channel_sum(x: jax.Array) -> jax.Array:
+    """The sum of an (..., C) array over every axis but the last, shape (C,).
+
+    Summed as rows of k*C values (k = `channel_groups` of the row count), then over the
+    k groups: XLA:CPU vectorises that reduction, where a plain `x.sum(axis=(0, 1, 2))`
+    becomes a reduce-window several times slower."""
+    c = x.shape[-1]
+    m = x.size // c
+    k = channel_groups(m)
     return x.reshape(m // k, k * c).sum(axis=0).reshape(k, c).sum(axis=0)
 
 
@@ -173,9 +180,12 @@ class BatchNorm(nn.Module):
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        # (x - mean) * scale / std + bias, as one multiply-add per element.
         mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        return x * mul + (bias - mean * mul)
+        return self.scale_and_shift(x, mul, bias - mean * mul)
+
+    def scale_and_shift(self, x: jax.Array, mul: jax.Array, add: jax.Array) -> jax.Array:
+        """(x - mean) * scale / std + bias, as one multiply-add per element."""
+        return x * mul + add
 
 
 # XLA:CPU's default sends convolutions to YNNPACK, whose weight gradients for this

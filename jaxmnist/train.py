@@ -317,14 +317,15 @@ def train_and_evaluate(
                                    config.batch_size)
         epoch_aug_key = jax.random.fold_in(augment_key, epoch)
         step_metrics: list[dict] = []
+        host: list[dict] = []  # the step_metrics fetched so far, 50 steps at a time
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
                    disable=not progress, leave=False, unit="step", dynamic_ncols=True)
-        checked = 0
         for i in bar:
             batch = trainer.get_batch(train_split, perm, i, epoch_aug_key)
             state, m = trainer.train_step(state, batch, dropout_key)
             step_metrics.append(m)
             if (i + 1) % 50 == 0 or i + 1 == steps_per_epoch:
+                checked = len(host)
                 chunk = jax.device_get(step_metrics[checked:])
                 for j, cm in enumerate(chunk):
                     if not math.isfinite(cm["loss"]):
@@ -334,11 +335,10 @@ def train_and_evaluate(
                         raise TrainingDiverged(
                             f"non-finite training loss ({cm['loss']}) at epoch {epoch}, "
                             f"step {checked + j + 1} of {steps_per_epoch}; {kept}")
-                checked = i + 1
+                host.extend(chunk)
                 bar.set_postfix(loss=f"{chunk[-1]['loss']:.4f}",
                                 acc=f"{100 * np.mean([c['accuracy'] for c in chunk]):.2f}%")
         bar.close()
-        host = jax.device_get(step_metrics)
         t_train = time.perf_counter() - t0
         train_seconds += t_train
         ev = trainer.evaluate(state, eval_split)
