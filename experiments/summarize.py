@@ -96,13 +96,14 @@ def timing():
               f"timing/make_{target}.log)\n")
         print(f"- epochs done: {len(rows)}/{config['epochs']}; final-epoch test accuracy "
               f"{100 * rows[-1]['test_accuracy']:.2f} %; sum of epoch times (training + "
-              f"evaluation) {elapsed / 60:.1f} min; median "
+              f"evaluation) {elapsed / 60:.1f} min ({elapsed:.1f} s); median "
               f"{statistics.median(r['train_images_per_s'] for r in rows):.0f} train images/s")
         if wall:
             print(f"- {wall[-1]} (the whole command: start-up, data, compilation included)")
         if first:
             print(f"- first epoch at >= 99.40 % test accuracy: epoch {first[0]}, after "
-                  f"{first[1] / 60:.1f} min of epochs (the threshold is read on the test set)")
+                  f"{first[1] / 60:.1f} min ({first[1]:.1f} s) of epochs (the threshold is "
+                  "read on the test set)")
         else:
             print("- no epoch reached 99.40 % test accuracy")
 
