@@ -16,11 +16,18 @@ export JAXMNIST_DATA_DIR
 
 ARGS ?=
 
-.PHONY: install test train train-fast train-seed backprop bench compare lint clean
+# The oldest versions tested: a Python whose jax is the floor (as a runtime brings its
+# own), jaxmnist installed into it keeping that jax, everything else pinned to the floors.
+FLOORS_VENV := .venv-floors
+FLOORS      := .ci/floors.txt
+
+.PHONY: install test test-floors train train-fast train-seed backprop bench compare lint clean
 
 ifeq ($(NO_VENV),1)
+# Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py).
 $(STAMP):
-	$(PYTHON) -c "import jaxmnist" 2>/dev/null || $(PYTHON) -m pip install --quiet -e .
+	$(PYTHON) -c "import flax, tensorflow_datasets" 2>/dev/null \
+	  || $(PYTHON) -m jaxmnist.runtime_install --quiet
 else
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +40,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -c $(FLOORS) jax jaxlib
+	$(FLOORS_VENV)/bin/python -m jaxmnist.runtime_install --target '.[dev]' --quiet -c $(FLOORS)
+	$(FLOORS_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow-datasets|numpy) '
+	$(FLOORS_VENV)/bin/python -m pytest $(FLOORS_PYTEST_ARGS)
 
 train: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe default $(ARGS)
@@ -54,4 +70,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check jaxmnist tests experiments
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -53,6 +53,17 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def architecture(text: str) -> str:
+    """A `jaxmnist.models` layer string, e.g. 'c8 c16 p t8 v16 v16'."""
+    from jaxmnist.models import ArchError, parse_arch
+
+    try:
+        parse_arch(text)
+    except ArchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return " ".join(text.split())
+
+
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """Checks that `path` is, or can be created as, a writable directory. Creates nothing."""
     path = Path(path)
@@ -70,8 +81,8 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def quiet_libraries() -> None:
-    """Keeps TensorFlow's and absl's log chatter off stderr, so errors stay one line."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Keeps absl's log chatter (TFDS logs through absl) off stderr, so errors stay one
+    line; absl's errors still show."""
     try:
         from absl import logging as absl_logging
 

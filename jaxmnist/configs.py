@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxmnist.models import SEED_ARCH
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    arch: str = SEED_ARCH  # the net, as a layer string (jaxmnist.models)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.04  # the peak learning rate for the one-cycle schedule
@@ -23,6 +26,16 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        """The config a run's config.json describes; fields it predates keep their
+        defaults (a run written before `arch` existed is the seed net)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        return cls(**values)
 
 
 def seed() -> Config:

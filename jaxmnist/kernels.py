@@ -20,6 +20,7 @@ and a fast one (measured in the README's performance section):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -194,8 +195,23 @@ class BatchNorm(nn.Module):
 XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+@functools.cache
+def xla_cpu_knows(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's XLA:CPU accepts these compiler options (older jaxlibs,
+    from before YNNPACK, reject the YNNPACK option as unknown)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+            jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    except Exception:  # XLA reports an unknown option as a generic runtime error
+        return False
+    return True
+
+
 def compiler_options(devices: Sequence[jax.Device] | None = None) -> dict | None:
     """The `jax.jit(compiler_options=...)` for this project's functions on `devices`
-    (default: jax.devices()): `XLA_CPU_OPTIONS` on CPU, XLA's defaults elsewhere."""
+    (default: jax.devices()): `XLA_CPU_OPTIONS` on CPU where this jaxlib knows them,
+    XLA's defaults elsewhere."""
     device = devices[0] if devices else jax.devices()[0]
-    return dict(XLA_CPU_OPTIONS) if device.platform == "cpu" else None
+    if device.platform != "cpu" or not xla_cpu_knows(tuple(XLA_CPU_OPTIONS.items())):
+        return None
+    return dict(XLA_CPU_OPTIONS)

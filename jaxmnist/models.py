@@ -1,4 +1,18 @@
-"""The 12,088-parameter fully convolutional MNIST net, as a Flax module.
+"""A family of fully convolutional MNIST nets, as a Flax module; the seed net is one member.
+
+A net is a plain string of layers (`arch`), read left to right from the 28x28 input:
+
+| token | layer                                                    | params              |
+| ----- | -------------------------------------------------------- | ------------------- |
+| `cN`  | conv 3x3 ->N, padding 1 (no bias), ReLU, BatchNorm, Dropout | 9·in·N + 2N         |
+| `vN`  | the same block with a valid conv (the image shrinks by 2) | 9·in·N + 2N         |
+| `p`   | max-pool 2x2, stride 2                                    | 0                   |
+| `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
+
+then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
+block1, block2, ... in order, transitions transition, transition2, ...
+
+The seed net, `SEED_ARCH` (12,088 params):
 
 | block      | layers                                            | output   | params        |
 | ---------- | ------------------------------------------------- | -------- | ------------- |
@@ -19,7 +33,44 @@ import jax.numpy as jnp
 from jaxmnist import kernels
 from jaxmnist.kernels import torch_conv_init
 
-NUM_PARAMS = 12_088
+SEED_ARCH = "c8 c16 c16 p t8 v16 v16 v16 v16"
+NUM_PARAMS = 12_088  # of the seed net
+
+
+class ArchError(ValueError):
+    """An `arch` string that does not describe a net."""
+
+
+def parse_arch(arch: str) -> list[tuple[str, str, int]]:
+    """`arch` -> [(kind, name, features)], kind in conv/valid/pool/transition, with the
+    layer names the module gives them; checks that the image never shrinks below 1x1."""
+    layers, blocks, transitions, size = [], 0, 0, 28
+    tokens = arch.split()
+    if not tokens:
+        raise ArchError("empty architecture")
+    for token in tokens:
+        kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition"}.get(token[0])
+        if kind is None or (kind == "pool") != (token == "p"):
+            raise ArchError(f"unknown layer {token!r} (expected cN, vN, tN or p)")
+        features = 0
+        if kind != "pool":
+            if not token[1:].isdigit() or int(token[1:]) == 0:
+                raise ArchError(f"{token!r}: expected a positive number of channels after "
+                                f"{token[0]!r}")
+            features = int(token[1:])
+        if kind in ("conv", "valid"):
+            blocks += 1
+            name = f"block{blocks}"
+        elif kind == "transition":
+            transitions += 1
+            name = "transition" if transitions == 1 else f"transition{transitions}"
+        else:
+            name = "pool"
+        size = size - 2 if kind == "valid" else size // 2 if kind == "pool" else size
+        if size < 1:
+            raise ArchError(f"{arch!r}: the image shrinks to nothing at {token!r}")
+        layers.append((kind, name, features))
+    return layers
 
 
 class ConvBlock(nn.Module):
@@ -47,28 +98,32 @@ class ConvBlock(nn.Module):
 class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
-    `fast=True` uses the layers of `jaxmnist.kernels` (same maths, faster on CPU);
-    `fast=False` uses plain `nn.BatchNorm`, `nn.max_pool` and `nn.Dropout`. Both have
-    the same variables; they give the same outputs in eval mode, and in training mode
-    with dropout off.
+    `arch` is the layer string (module docstring; default: the seed net). `fast=True`
+    uses the layers of `jaxmnist.kernels` (same maths, faster on CPU); `fast=False` uses
+    plain `nn.BatchNorm`, `nn.max_pool` and `nn.Dropout`. Both have the same variables;
+    they give the same outputs in eval mode, and in training mode with dropout off.
     """
 
     dropout_rate: float = 0.069
     fast: bool = True
+    arch: str = SEED_ARCH
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        def block(x, features, padding, name):
-            return ConvBlock(features, padding, self.dropout_rate, self.fast, name=name)(x, train)
-
-        x = block(x, 8, 1, "block1")
-        x = block(x, 16, 1, "block2")
-        x = block(x, 16, 1, "block3")
-        x = kernels.max_pool_2x2(x) if self.fast else nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Conv(8, (1, 1), use_bias=False, kernel_init=torch_conv_init, name="transition")(x)
-        for i in range(4, 8):
-            x = block(x, 16, "VALID", f"block{i}")
-        x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool over 6x6
+        for kind, name, features in parse_arch(self.arch):
+            if kind in ("conv", "valid"):
+                padding = 1 if kind == "conv" else "VALID"
+                x = ConvBlock(features, padding, self.dropout_rate, self.fast, name=name)(
+                    x, train)
+            elif kind == "pool":
+                if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+                    x = kernels.max_pool_2x2(x)
+                else:  # odd sizes: nn.max_pool drops the last row/column, as PyTorch does
+                    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nn.Conv(features, (1, 1), use_bias=False, kernel_init=torch_conv_init,
+                            name=name)(x)
+        x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
         x = nn.Conv(10, (1, 1), use_bias=False, kernel_init=torch_conv_init, name="head")(x)
         return x.reshape(x.shape[0], 10)
 
@@ -78,19 +133,16 @@ def count_params(params) -> int:
 
 
 def summary(model: Net, variables) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer name, output shape, trainable params) for each top-level layer."""
+    """(layer name, output shape, trainable params) for each layer with parameters: the
+    blocks, the transitions (shown after the pool before them, if any) and the head."""
     x = jnp.zeros((1, 28, 28, 1), jnp.float32)
     _, state = model.apply(
         variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
     )
     inter = state["intermediates"]
+    names = [name for kind, name, _ in parse_arch(model.arch) if kind != "pool"] + ["head"]
     rows = []
-    for name in [f"block{i}" for i in (1, 2, 3)] + ["transition"] + [
-        f"block{i}" for i in range(4, 8)
-    ] + ["head"]:
-        out = inter[name]["__call__"][0]
-        shape = tuple(out.shape[1:])
-        if name == "head":
-            shape = (10,)
+    for name in names:
+        shape = (10,) if name == "head" else tuple(inter[name]["__call__"][0].shape[1:])
         rows.append((name, shape, count_params(variables["params"][name])))
     return rows

@@ -42,7 +42,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def make_model(config: configs.Config) -> Net:
-    return Net(dropout_rate=config.dropout, fast=config.fast_kernels)
+    return Net(dropout_rate=config.dropout, fast=config.fast_kernels, arch=config.arch)
 
 
 def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
@@ -50,10 +50,13 @@ def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedul
         return optax.constant_schedule(config.lr)
     if config.schedule == "onecycle":
         # PyTorch OneCycleLR's shape: cosine up from lr/25, cosine down to lr/(25*1e4).
+        total = config.epochs * steps_per_epoch
         return optax.cosine_onecycle_schedule(
-            transition_steps=config.epochs * steps_per_epoch,
+            transition_steps=total,
             peak_value=config.lr,
-            pct_start=config.warmup_fraction,
+            # At least one warm-up step: older optax (0.2.4) divides by a warm-up of zero
+            # steps, giving NaN, when a very short run rounds it down to nothing.
+            pct_start=max(config.warmup_fraction, 1.0 / total),
         )
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
@@ -195,7 +198,10 @@ def load_trained(run_dir: str | os.PathLike):
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise UsageError(f"{run_dir}: no config.json (not a training run directory)")
-    config = configs.Config(**json.loads(config_path.read_text()))
+    try:
+        config = configs.Config.from_dict(json.loads(config_path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"{config_path}: unreadable ({e})") from None
     manager = _checkpoint_manager(run_dir)
     if manager.latest_step() is None:
         raise UsageError(f"{run_dir}: no checkpoint")
@@ -246,8 +252,8 @@ def check_run_dir(run_dir: Path, config: configs.Config, resume: bool) -> None:
     if not config_path.exists():
         return
     try:
-        old = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
+        old = configs.Config.from_dict(json.loads(config_path.read_text())).to_dict()
+    except (OSError, ValueError, TypeError) as e:
         raise UsageError(f"{config_path}: unreadable ({e})") from None
     new = config.to_dict()
     if old != new:
@@ -380,7 +386,7 @@ def train_and_evaluate(
 
 
 def _parse_args(argv):
-    from jaxmnist.cli import positive_float, positive_int, unit_interval
+    from jaxmnist.cli import architecture, positive_float, positive_int, unit_interval
 
     p = ArgumentParser(prog="python -m jaxmnist.train", description=__doc__.splitlines()[0])
     p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="default")
@@ -395,7 +401,8 @@ def _parse_args(argv):
     p.add_argument("--max-steps", type=positive_int,
                    help="cut every epoch to N steps (smoke tests)")
     g = p.add_argument_group("config (defaults come from the recipe)")
-    types = {"epochs": positive_int, "batch_size": positive_int, "lr": positive_float,
+    types = {"arch": architecture, "epochs": positive_int, "batch_size": positive_int,
+             "lr": positive_float,
              "momentum": unit_interval, "dropout": unit_interval, "warmup_fraction": unit_interval,
              "validation": int, "seed": int, "eval_batch_size": positive_int,
              "rotate_degrees": float, "shift_pixels": float}

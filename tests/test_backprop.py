@@ -15,8 +15,11 @@ from jaxmnist import backprop as bp
 
 @pytest.fixture(autouse=True)
 def float64():
-    with jax.enable_x64(True):
-        yield
+    # jax.config rather than the `jax.enable_x64` context manager, which jax 0.7 lacks.
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 
 def random_point(key, biases: bool):

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import json
 import struct
 
 import chex
@@ -81,17 +82,21 @@ def test_digest_mismatch_names_the_file_and_nothing_is_prepared(fixture_dir, tmp
     folder, _, _ = fixture_dir  # right format, but not the published MNIST bytes
     tfds_dir = tmp_path / "tfds"
     with pytest.raises(data.DataError, match=r"t10k|train.*sha256 of the decompressed bytes"):
-        data.prepare_local(folder, tfds_dir)
+        data.mnist_builder(folder, tfds_dir)
     assert not (tfds_dir / "mnist").exists() or not any((tfds_dir / "mnist").iterdir())
 
 
-def test_local_builder_prepares_tfds_mnist_once(fixture_dir, tmp_path):
+def test_local_builder_prepares_tfds_mnist_once_as_array_record(fixture_dir, tmp_path):
     folder, digests, arrays = fixture_dir
     tfds_dir = tmp_path / "tfds"
-    builder = data.prepare_local(folder, tfds_dir, sha256=digests)
-    assert builder.name == "mnist" and builder.is_prepared()
+    builder = data.mnist_builder(folder, tfds_dir, sha256=digests)
+    assert builder.name == "mnist" and str(builder.version) == "3.0.1"
+    assert builder.is_prepared()
+    assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
     assert builder.info.splits["train"].num_examples == 12
     assert builder.info.features["image"].shape == (28, 28, 1)
+    # TFDS's own registered `mnist` builder reads what was prepared.
+    assert tfds.builder("mnist", data_dir=tfds_dir).info.splits["test"].num_examples == 6
     # Later runs reuse it: the IDX folder is no longer needed.
     for f in folder.iterdir():
         f.unlink()
@@ -105,20 +110,80 @@ def test_local_builder_prepares_tfds_mnist_once(fixture_dir, tmp_path):
     assert got == want
 
 
+def test_tfrecord_mnist_is_prepared_again_with_one_line(fixture_dir, tmp_path, capsys):
+    folder, digests, _ = fixture_dir
+    tfds_dir = tmp_path / "tfds"
+    data.mnist_builder(folder, tfds_dir, sha256=digests)
+    capsys.readouterr()
+    # What a data dir prepared by TensorFlow-era code says of itself.
+    info = tfds_dir / "mnist" / "3.0.1" / "dataset_info.json"
+    meta = json.loads(info.read_text())
+    info.write_text(json.dumps({**meta, "fileFormat": "tfrecord"}))
+    builder = data.mnist_builder(folder, tfds_dir, sha256=digests)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("jaxmnist:")]
+    assert len(lines) == 1 and "tfrecord" in lines[0] and "again as array_record" in lines[0]
+    assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    train, _ = data.load_mnist(folder, tfds_dir)
+    assert len(train) == 12
+    assert json.loads(info.read_text())["fileFormat"] == "array_record"
+
+
 def test_validation_split_is_held_out_of_train(fixture_dir, tmp_path):
     folder, digests, _ = fixture_dir
-    data.prepare_local(folder, tmp_path / "tfds", sha256=digests)
+    data.mnist_builder(folder, tmp_path / "tfds", sha256=digests)
     train, val = data.load_mnist(folder, tmp_path / "tfds", validation=4)
     assert len(train) == 8 and len(val) == 4
     all_train, _ = data.load_mnist(folder, tmp_path / "tfds")
     np.testing.assert_array_equal(np.asarray(all_train.images[8:]), np.asarray(val.images))
 
 
-def test_tfds_path_with_mock_data():
-    with tfds.testing.mock_data(num_examples=40):
+class FakeDownloadManager:
+    """Serves TFDS's download requests from a local folder, recording the URLs asked for."""
+
+    def __init__(self, folder):
+        self.folder, self.urls = folder, []
+
+    def download(self, urls):
+        self.urls.extend(urls.values())
+        return {key: self.folder / url.rsplit("/", 1)[1] for key, url in urls.items()}
+
+
+def test_online_path_downloads_tfds_registered_urls(fixture_dir):
+    folder, digests, arrays = fixture_dir
+    builder = data._builder_class()(sha256=digests, data_dir=folder / "unused")
+    manager = FakeDownloadManager(folder)
+    generators = builder._split_generators(manager)
+    registered = data._builder_class().url_infos
+    assert sorted(manager.urls) == sorted(registered)  # TFDS's own URLs and checksums
+    train = next(g for g in generators if g.name == "train")
+    np.testing.assert_array_equal(train.gen_kwargs["images"], arrays["train"][0])
+
+
+def test_tfds_path_with_mock_data(monkeypatch):
+    monkeypatch.delenv("JAXMNIST_DATA_DIR", raising=False)
+    rng = np.random.default_rng(0)
+    examples = [{"image": data.encode_png(rng.integers(0, 256, (28, 28, 1), np.uint8)),
+                 "label": i % 10} for i in range(40)]
+
+    class Source(list):  # TFDS's mock data source cannot serve __getitems__
+        def __getitems__(self, keys):
+            return [self[k] for k in keys]
+
+    with tfds.testing.mock_data(as_data_source_fn=lambda *a, **k: Source(examples)):
         train, test = data.load_mnist(data_dir=None)
     chex.assert_shape(train.images, (40, 28, 28, 1))
     assert train.images.dtype == jnp.uint8 and train.labels.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(train.labels), np.arange(40) % 10)
+    np.testing.assert_array_equal(np.asarray(train.images[3]),
+                                  data.decode_png(examples[3]["image"])[..., None])
+
+
+def test_png_round_trip():
+    image = np.random.default_rng(1).integers(0, 256, (28, 28, 1), np.uint8)
+    png = data.encode_png(image)
+    assert png[:4] == b"\x89PNG"
+    np.testing.assert_array_equal(data.decode_png(png), image[..., 0])
 
 
 def test_real_mnist_from_the_local_copy(mnist_splits):

@@ -146,6 +146,14 @@ def test_batch_norm_init_leaves_running_statistics_alone():
                                 {"mean": jnp.zeros(3), "var": jnp.ones(3)})
 
 
+YNNPACK = kernels.xla_cpu_knows(tuple(kernels.XLA_CPU_OPTIONS.items()))
+
+
+def test_an_unknown_compiler_option_is_detected():
+    assert not kernels.xla_cpu_knows((("xla_cpu_no_such_option", "1"),))
+
+
+@pytest.mark.skipif(not YNNPACK, reason=f"jaxlib {jax.__version__} has no YNNPACK option")
 def test_compiler_options_turn_ynnpack_off_on_cpu_only():
     cpu = jax.devices("cpu")
     assert kernels.compiler_options(cpu) == {"xla_cpu_experimental_ynn_fusion_type": ""}

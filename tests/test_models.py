@@ -1,11 +1,12 @@
-"""The 12,088-parameter net: its size, shapes, and train/eval behaviour."""
+"""The net family and its 12,088-parameter seed member: size, shapes, train/eval behaviour."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxmnist.models import NUM_PARAMS, Net, count_params, summary
+from jaxmnist.models import NUM_PARAMS, SEED_ARCH, ArchError, Net, count_params, parse_arch, summary
 
 
 def init(model=None, batch=2):
@@ -78,3 +79,39 @@ def test_dropout_active_only_in_training():
     )[0]
     assert not np.allclose(run(0), run(1))
     chex.assert_trees_all_equal(run(0), run(0))
+
+
+def test_seed_net_is_the_default_member_of_the_family():
+    assert parse_arch(SEED_ARCH) == [
+        ("conv", "block1", 8), ("conv", "block2", 16), ("conv", "block3", 16),
+        ("pool", "pool", 0), ("transition", "transition", 8), ("valid", "block4", 16),
+        ("valid", "block5", 16), ("valid", "block6", 16), ("valid", "block7", 16)]
+    assert Net().arch == SEED_ARCH
+
+
+def test_a_smaller_member_counts_and_shapes():
+    model, variables, x = init(Net(arch="c4 p c8 p v12 t6 v10"), batch=3)
+    chex.assert_shape(model.apply(variables, x), (3, 10))
+    # 9*1*4+8, 9*4*8+16, 9*8*12+24, 12*6, 9*6*10+20, head 10*10
+    assert [row[2] for row in summary(model, variables)] == [44, 304, 888, 72, 560, 100]
+    assert [row[1] for row in summary(model, variables)] == [
+        (28, 28, 4), (14, 14, 8), (5, 5, 12), (5, 5, 6), (3, 3, 10), (10,)]
+    assert count_params(variables["params"]) == 44 + 304 + 888 + 72 + 560 + 100
+
+
+def test_odd_sizes_pool_like_pytorch():
+    # 28 -> v: 26 -> p: 13 -> p: 6 (the last row and column dropped, floor mode).
+    model, variables, x = init(Net(arch="v4 p p c4"))
+    assert summary(model, variables)[1][1] == (6, 6, 4)
+    fast = model.apply(variables, x)
+    plain = Net(arch="v4 p p c4", fast=False).apply(variables, x)
+    chex.assert_trees_all_close(fast, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("", "empty"), ("c8 x3", "unknown layer 'x3'"), ("c0", "positive number"),
+    ("cc", "positive number"), ("pp", "unknown layer"), ("p p p p p", "shrinks to nothing"),
+])
+def test_bad_architectures_are_refused(arch, message):
+    with pytest.raises(ArchError, match=message):
+        parse_arch(arch)
