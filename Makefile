@@ -21,7 +21,7 @@ ARGS ?=
 FLOORS_VENV := .venv-floors
 FLOORS      := .ci/floors.txt
 
-.PHONY: install test test-floors train train-fast train-seed backprop bench compare lint clean
+.PHONY: install test test-floors train serve train-fast train-seed backprop bench compare lint clean
 
 ifeq ($(NO_VENV),1)
 # Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py).
@@ -62,6 +62,11 @@ train-seed: $(STAMP)
 backprop: $(STAMP)
 	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out experiments/results/backprop \
 	| tee experiments/results/backprop/final_error.txt
+
+# Draw a digit for a trained run: RUN=runs/default make serve (default: the committed run).
+RUN ?= experiments/results/default
+serve: $(STAMP)
+	$(BIN)/python -m jaxmnist.serve --run $(RUN) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m jaxmnist.bench $(ARGS)

@@ -1,6 +1,6 @@
 """Benchmark the train and eval steps: `python -m jaxmnist.bench [--steps N]`.
 
-Times the seed recipe's jitted train step (batch 128, dropout on, SGD with momentum)
+Times a recipe's jitted train step (default: the seed recipe; dropout on, SGD with momentum)
 and the eval step on synthetic MNIST-shaped batches already on the device, so that
 only the step is timed. Compilation is timed apart. Prints one JSON object and
 appends it to experiments/results/bench.jsonl (with the date, jax version and commit).
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmnist import configs, train
+from jaxmnist.models import count_params
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "bench.jsonl"
 
@@ -98,6 +99,8 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
         "step_ms": round(1000 * train_s / steps, 2),
         "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
         "batch_size": config.batch_size,
+        "arch": config.arch,
+        "params": count_params(state.params),
         "fast_kernels": config.fast_kernels,
         "steps": steps,
         "steps_per_call": scan,
@@ -106,12 +109,15 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, positive_int
+    from jaxmnist.cli import ArgumentParser, architecture, positive_int
 
     p = ArgumentParser(prog="python -m jaxmnist.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="seed",
+                   help="whose net and batch size to time (default seed)")
+    p.add_argument("--arch", type=architecture, help="time this net instead of the recipe's")
     p.add_argument("--steps", type=positive_int, default=100, help="timed train steps")
     p.add_argument("--eval-steps", type=positive_int, default=20, help="timed eval batches")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, help="default: the recipe's")
     p.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction,
                    default=True, help="jaxmnist.kernels (default) or plain Flax layers")
     p.add_argument("--scan", type=positive_int, default=1, metavar="K",
@@ -122,10 +128,12 @@ def main(argv=None) -> int:
                    "instead of jaxmnist's")
     p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     args = p.parse_args(argv)
-    config = dataclasses.replace(configs.seed(), batch_size=args.batch_size,
-                                 fast_kernels=args.fast_kernels)
+    config = configs.RECIPES[args.recipe]()
+    config = dataclasses.replace(config, batch_size=args.batch_size or config.batch_size,
+                                 arch=args.arch or config.arch, fast_kernels=args.fast_kernels)
     result = bench(config, args.steps, args.eval_steps, args.scan, args.xla_defaults)
-    result.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result.update(recipe=args.recipe,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   jax=jax.__version__, commit=_git_commit())
     print(json.dumps(result))
     if not args.no_record:

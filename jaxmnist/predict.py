@@ -7,6 +7,7 @@ scaled to fit 20x20 and placed in a 28x28 field so that its centre of mass is ce
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -58,22 +59,20 @@ def to_mnist(image) -> np.ndarray:
     return field
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Reads any image PIL can, with one clear ImageError for anything else."""
+def decode_image(data: bytes) -> np.ndarray:
+    """Image file bytes (any format Pillow reads) -> MNIST-style (28, 28) float32, with
+    one clear ImageError for anything that is not a usable image."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError("file not found")
-    if path.stat().st_size == 0:
+    if not data:
         raise ImageError("empty file")
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise ImageError(
                         f"{image.width}x{image.height} is over the {MAX_PIXELS:,}-pixel limit")
@@ -84,18 +83,43 @@ def load_image(path: str | Path) -> np.ndarray:
         if isinstance(e, UnidentifiedImageError):
             raise ImageError("not an image (unrecognised format)") from None
         raise ImageError(f"over the {MAX_PIXELS:,}-pixel limit") from None
-    except OSError as e:
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or malformed files
         raise ImageError(f"unreadable image ({e})") from None
 
 
-def predict(model, variables, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) for (N, 28, 28) images in [0, 1]."""
-    import jax
+def load_image(path: str | Path) -> np.ndarray:
+    """Reads an image file into an MNIST-style (28, 28) float32 (`decode_image`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError("file not found")
+    return decode_image(path.read_bytes())
 
-    from jaxmnist import data
 
-    x = data.standardize(np.asarray(images, np.float32)[..., None])
-    return np.asarray(jax.nn.softmax(model.apply(variables, x, train=False)))
+class Classifier:
+    """A trained run's model, compiled once for one image at a time."""
+
+    def __init__(self, model, variables):
+        import jax
+
+        from jaxmnist import data
+
+        def probabilities(variables, image):
+            x = data.standardize(image[None, :, :, None])
+            return jax.nn.softmax(model.apply(variables, x, train=False))[0]
+
+        self.variables = variables
+        self._compiled = jax.jit(probabilities).lower(
+            variables, jax.ShapeDtypeStruct((28, 28), np.float32)).compile()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> Classifier:
+        from jaxmnist.train import load_trained
+
+        return cls(*load_trained(run_dir))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(10,) class probabilities of one (28, 28) image in [0, 1]."""
+        return np.asarray(self._compiled(self.variables, np.asarray(image, np.float32)))
 
 
 def main(argv=None) -> int:
@@ -108,17 +132,15 @@ def main(argv=None) -> int:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     args = p.parse_args(argv)
 
-    from jaxmnist.train import load_trained
-
     try:
-        model, variables = load_trained(args.run)
+        classify = Classifier.from_run(args.run)
     except UsageError as e:
         fail(prog, str(e))
 
     failed = False
     for path in args.images:
         try:
-            probs = predict(model, variables, load_image(path)[None])[0]
+            probs = classify(load_image(path))
         except ImageError as e:
             print(f"{prog}: error: {path}: {e}", file=sys.stderr)
             failed = True

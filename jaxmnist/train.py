@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -28,7 +27,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmnist import configs, data, kernels
+from jaxmnist import configs, data, kernels, rundir
 from jaxmnist.cli import ArgumentParser, UsageError, check_writable_dir, fail, quiet_libraries
 from jaxmnist.models import Net, count_params, summary
 
@@ -157,112 +156,16 @@ class Trainer:
                 "accuracy": float(total["correct"]) / len(split)}
 
 
-def _checkpoint_manager(run_dir: Path):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        (run_dir / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
-    )
-
-
-def _state_dict(state: TrainState) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "step": state.step}
-
-
-def save_checkpoint(manager, epoch: int, state: TrainState) -> None:
-    """Saves the state after `epoch`; orbax writes to a temporary directory and renames
-    it when complete, so a crash mid-save leaves the previous checkpoint intact."""
-    import orbax.checkpoint as ocp
-
-    manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)))
-    manager.wait_until_finished()
-
-
-def restore_checkpoint(manager, state: TrainState, epoch: int | None = None):
-    """(epoch, state) from the newest (or the given) checkpoint, or (0, state) if none."""
-    import orbax.checkpoint as ocp
-
-    epoch = manager.latest_step() if epoch is None else epoch
-    if epoch is None:
-        return 0, state
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
-    restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
-    return epoch, state.replace(**restored)
-
-
 def load_trained(run_dir: str | os.PathLike):
     """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UsageError(f"{run_dir}: no config.json (not a training run directory)")
-    try:
-        config = configs.Config.from_dict(json.loads(config_path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"{config_path}: unreadable ({e})") from None
-    manager = _checkpoint_manager(run_dir)
+    config = rundir.read_config(run_dir)
+    manager = rundir.checkpoint_manager(run_dir)
     if manager.latest_step() is None:
         raise UsageError(f"{run_dir}: no checkpoint")
     state = create_train_state(config, jax.random.key(0), steps_per_epoch=1)
-    _, state = restore_checkpoint(manager, state)
+    _, state = rundir.restore_checkpoint(manager, state)
     return make_model(config), {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> None:
-    """Train/eval loss and accuracy against epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h[f"{eval_name}_loss"] for h in history], "o-", label=eval_name)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
-    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * h[f"{eval_name}_accuracy"] for h in history], "o-",
-                label=eval_name)
-    ax_acc.axhline(99.4, color="grey", ls="--", lw=1, label="99.4 %")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(97.5, 100))
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def check_run_dir(run_dir: Path, config: configs.Config, resume: bool) -> None:
-    """Refuses to mix two runs in one directory. Writes nothing."""
-    check_writable_dir(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        return
-    try:
-        old = configs.Config.from_dict(json.loads(config_path.read_text())).to_dict()
-    except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"{config_path}: unreadable ({e})") from None
-    new = config.to_dict()
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UsageError(f"{run_dir} holds a run with a different config "
-                         f"({', '.join(diff)}); choose another --name")
-    if not resume:
-        raise UsageError(f"{run_dir} already holds this run; pass --resume to continue it "
-                         "or choose another --name")
 
 
 def train_and_evaluate(
@@ -285,7 +188,7 @@ def train_and_evaluate(
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, config, resume)
+    rundir.check(run_dir, config, resume)
     trainer = Trainer(config, devices)
     if splits is None:
         splits = data.load_mnist(data_dir, tfds_dir, config.validation, device_put=trainer.put)
@@ -298,22 +201,19 @@ def train_and_evaluate(
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    rundir.write_config(run_dir, config)
 
     root = jax.random.key(config.seed)
     init_key, data_key, dropout_key, augment_key = jax.random.split(root, 4)
     state = trainer.put(create_train_state(config, init_key, steps_per_epoch))
-    manager = _checkpoint_manager(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    history: list[dict] = []
+    manager = rundir.checkpoint_manager(run_dir)
     start_epoch = 0
     if resume:
-        start_epoch, state = restore_checkpoint(manager, state)
+        start_epoch, state = rundir.restore_checkpoint(manager, state)
         state = trainer.put(state)
-        if metrics_path.exists():
-            history = [json.loads(line) for line in metrics_path.read_text().splitlines()
-                       if line.strip()][:start_epoch]
-    _write_atomic(metrics_path, "".join(json.dumps(h) + "\n" for h in history))
+    # The metrics of the epochs the checkpoint holds; later lines (an epoch that was
+    # interrupted after its line was written) are dropped.
+    history = rundir.truncate_metrics(run_dir, start_epoch)
 
     t_run = time.perf_counter()
     train_seconds = 0.0
@@ -359,10 +259,9 @@ def train_and_evaluate(
             "train_images_per_s": round(steps_per_epoch * config.batch_size / t_train, 1),
         }
         history.append(record)
-        save_checkpoint(manager, epoch, state)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        plot_curves(history, run_dir / "curves.png", eval_name)
+        rundir.save_checkpoint(manager, epoch, state)
+        rundir.append_metrics(run_dir, record)
+        rundir.plot_curves(history, run_dir / "curves.png", eval_name)
         if verbose:
             tqdm.write(
                 f"epoch {epoch:2d}  train loss {record['train_loss']:.4f} "

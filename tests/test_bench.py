@@ -39,7 +39,19 @@ def test_bench_scan_times_several_steps_per_call():
     assert result["train_images_per_s"] > 0
 
 
+def test_bench_times_any_member_of_the_family():
+    r = run_bench("--recipe", "fast", "--arch", "c4 p v8 v8", "--steps", "2", "--eval-steps",
+                  "1", "--no-record")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["recipe"] == "fast" and result["arch"] == "c4 p v8 v8"
+    assert result["params"] == 9 * 4 + 8 + 9 * 4 * 8 + 16 + 9 * 8 * 8 + 16 + 8 * 10
+    assert result["batch_size"] == 128
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--arch", "c8 q"], "unknown layer 'q'"),
+    (["--recipe", "huge"], "invalid choice: 'huge'"),
     (["--scan", "0"], "must be > 0"),
     (["--steps", "0"], "must be > 0"),
     (["--steps", "x"], "expected a whole number"),

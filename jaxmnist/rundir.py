@@ -1,0 +1,137 @@
+"""A training run's directory: config.json, metrics.jsonl, curves.png and checkpoints/.
+
+`jaxmnist.train` writes a run through these functions; `predict` and `serve` read one.
+Everything is written atomically (a temporary file or directory renamed when complete),
+so an interrupted run leaves its previous epoch's files intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+
+from jaxmnist import configs
+from jaxmnist.cli import UsageError, check_writable_dir
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: Path) -> configs.Config:
+    """The run's config.json, or a UsageError saying why there is none."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{run_dir}: no config.json (not a training run directory)")
+    try:
+        return configs.Config.from_dict(json.loads(config_path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"{config_path}: unreadable ({e})") from None
+
+
+def write_config(run_dir: Path, config: configs.Config) -> None:
+    write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def check(run_dir: Path, config: configs.Config, resume: bool) -> None:
+    """Refuses to mix two runs in one directory. Writes nothing."""
+    check_writable_dir(run_dir)
+    if not (run_dir / "config.json").exists():
+        return
+    old, new = read_config(run_dir).to_dict(), config.to_dict()
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UsageError(f"{run_dir} holds a run with a different config "
+                         f"({', '.join(diff)}); choose another --name")
+    if not resume:
+        raise UsageError(f"{run_dir} already holds this run; pass --resume to continue it "
+                         "or choose another --name")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, epochs: int) -> list[dict]:
+    """Keeps the first `epochs` lines of metrics.jsonl (creating it if need be); returns them."""
+    history = read_metrics(run_dir)[:epochs]
+    write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    return history
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> None:
+    """Train/eval loss and accuracy against epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h[f"{eval_name}_loss"] for h in history], "o-", label=eval_name)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
+    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * h[f"{eval_name}_accuracy"] for h in history], "o-",
+                label=eval_name)
+    ax_acc.axhline(99.4, color="grey", ls="--", lw=1, label="99.4 %")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(97.5, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def checkpoint_manager(run_dir: Path):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        (Path(run_dir) / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+    )
+
+
+def _state_dict(state) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state, "step": state.step}
+
+
+def save_checkpoint(manager, epoch: int, state) -> None:
+    """Saves the train state after `epoch`; orbax writes to a temporary directory and
+    renames it when complete, so a crash mid-save leaves the previous checkpoint intact."""
+    import orbax.checkpoint as ocp
+
+    manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)))
+    manager.wait_until_finished()
+
+
+def restore_checkpoint(manager, state, epoch: int | None = None):
+    """(epoch, state) from the newest (or the given) checkpoint, or (0, state) if none;
+    `state` gives the structure, shapes and shardings to restore into."""
+    import orbax.checkpoint as ocp
+
+    epoch = manager.latest_step() if epoch is None else epoch
+    if epoch is None:
+        return 0, state
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
+    restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
+    return epoch, state.replace(**restored)

@@ -1,0 +1,173 @@
+"""Draw a digit and watch a trained run read it: `python -m jaxmnist.serve --run DIR`.
+
+Serves a page (a canvas to draw on with mouse, pen or finger, the top 3 classes with
+probability bars, the 28x28 image the model sees, a file picker) and a JSON API:
+
+    POST /api/predict   body: an image file's bytes (any format Pillow reads)
+      200 {"digit": d, "probabilities": [10 floats], "top3": [[d, p], ...],
+           "input": 28 rows of 28 floats in [0, 1] (the model's input), "ms": ...}
+      400 {"error": "one line"}  (not an image, empty, blank, over the size limits)
+    GET  /api/info      the run: name, arch, parameters, final accuracy
+
+The server is the standard library's `http.server` (a thread per request): the page is
+three small static files and the API one route, so a web framework would add a
+dependency and nothing else. The model is compiled once at start-up; every asset is
+served from the package, so the page works offline. One log line per request.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from jaxmnist import predict
+
+MAX_BYTES = 5 * 1024 * 1024  # request bodies over 5 MiB are refused
+DRAIN_BYTES = 64 * 1024 * 1024  # larger ones are not even read: the connection is closed
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/style.css": ("style.css", "text/css; charset=utf-8")}
+
+
+def run_info(run_dir: Path, num_params: int) -> dict:
+    """What the page shows about the run: name, arch, parameters, final-epoch accuracy."""
+    from jaxmnist.configs import Config
+
+    config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    info = {"run": run_dir.resolve().name, "arch": config.arch, "params": num_params}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if lines:
+            last = lines[-1]
+            key = next((k for k in ("test_accuracy", "val_accuracy") if k in last), None)
+            info.update(epoch=last["epoch"], accuracy=last.get(key), accuracy_on=key)
+    return info
+
+
+class Handler(BaseHTTPRequestHandler):
+    """The page, its assets, and the prediction API; set `classify` and `info` first."""
+
+    classify: predict.Classifier
+    info: dict
+    server_version = "jaxmnist"
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/api/info":
+            return self._json(HTTPStatus.OK, self.info)
+        if path not in STATIC:
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
+        name, content_type = STATIC[path]
+        body = resources.files("jaxmnist").joinpath("static", name).read_bytes()
+        self._send(HTTPStatus.OK, body, content_type)
+
+    def do_POST(self):  # noqa: N802
+        if self.path.split("?", 1)[0] != "/api/predict":
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+        t0 = time.perf_counter()
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._json(HTTPStatus.BAD_REQUEST, {
+                "error": "send the image file's bytes as the body, with a Content-Length"},
+                close=True)
+        if length > MAX_BYTES:
+            if length <= DRAIN_BYTES:  # read and dropped, so the client hears the answer
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(1 << 20, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+            return self._json(HTTPStatus.BAD_REQUEST, {
+                "error": f"{length:,} bytes is over the {MAX_BYTES:,}-byte limit"}, close=True)
+        body = self.rfile.read(length) if length > 0 else b""
+        try:
+            image = predict.decode_image(body)
+        except predict.ImageError as e:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        probabilities = self.classify(image)
+        top = np.argsort(probabilities)[::-1][:3]
+        self._json(HTTPStatus.OK, {
+            "digit": int(top[0]),
+            "probabilities": [round(float(p), 6) for p in probabilities],
+            "top3": [[int(d), round(float(probabilities[d]), 6)] for d in top],
+            "input": np.round(image, 3).tolist(),
+            "ms": round(1000 * (time.perf_counter() - t0), 1),
+        })
+
+    def _json(self, status: HTTPStatus, payload: dict, close: bool = False) -> None:
+        self.result = payload.get("digit", payload.get("error", ""))
+        self._send(status, json.dumps(payload).encode(), "application/json", close)
+
+    def _send(self, status, body: bytes, content_type: str, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_request(self, code="-", size="-"):
+        # One line per request: client, method, path, status, and the digit or the error.
+        line = (f'{self.log_date_time_string()} {self.address_string()} '
+                f'"{self.command} {self.path}" {int(code)} {getattr(self, "result", "")}')
+        print(line.rstrip(), file=sys.stderr, flush=True)
+
+
+def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
+    """A ready server (model loaded and compiled) for `run_dir`; call serve_forever()."""
+    from jaxmnist.models import count_params
+
+    run_dir = Path(run_dir)
+    classify = predict.Classifier.from_run(run_dir)
+    info = run_info(run_dir, count_params(classify.variables["params"]))
+    handler = type("RunHandler", (Handler,), {"classify": classify, "info": info})
+    return ThreadingHTTPServer((host, port), handler)
+
+
+def main(argv=None) -> int:
+    from jaxmnist.cli import ArgumentParser, UsageError, fail, quiet_libraries
+
+    prog = "python -m jaxmnist.serve"
+    quiet_libraries()
+    p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="experiments/results/default",
+                   help="a training run directory (default experiments/results/default)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be in 0-65535, got {args.port}")
+    try:
+        server = make_server(args.run, args.host, args.port)
+    except UsageError as e:
+        fail(prog, str(e))
+    except OSError as e:  # address in use, unknown host, no permission
+        fail(prog, f"cannot listen on {args.host}:{args.port} ({e.strerror or e})")
+    host, port = server.server_address[:2]
+    print(f"serving {server.RequestHandlerClass.info['run']} on http://{host}:{port}/ "
+          "(Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
