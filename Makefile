@@ -21,7 +21,7 @@ ARGS ?=
 FLOORS_VENV := .venv-floors
 FLOORS      := .ci/floors.txt
 
-.PHONY: install test test-floors train serve train-fast train-seed backprop bench compare lint clean
+.PHONY: install test test-floors train train-tiny serve train-fast train-seed backprop bench compare lint clean
 
 ifeq ($(NO_VENV),1)
 # Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py).
@@ -55,6 +55,9 @@ train: $(STAMP)
 
 train-fast: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe fast $(ARGS)
+
+train-tiny: $(STAMP)
+	$(BIN)/python -m jaxmnist.train --recipe tiny $(ARGS)
 
 train-seed: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe seed $(ARGS)

@@ -2,7 +2,7 @@
 
     python experiments/summarize.py > experiments/results/summary.md
 
-Reads experiments/results/{selection/*,seed,default,default-seed*,fast}/metrics.jsonl and
+Reads experiments/results/{selection/*,*}/metrics.jsonl (every committed run) and
 prints the final-epoch accuracies (the figure that counts), the best epoch (chosen on
 the evaluation set itself, so only descriptive), and the mean ± std over seeds.
 """
@@ -20,8 +20,17 @@ def load(run: Path) -> tuple[dict, list[dict]]:
     return config, rows
 
 
+SEED_ARCH = "c8 c16 c16 p t8 v16 v16 v16 v16"
+
+
 def describe(config: dict) -> str:
     parts = [f"{config['schedule']} lr {config['lr']:g}"]
+    if config.get("arch", SEED_ARCH) != SEED_ARCH:
+        parts.insert(0, f"`{config['arch']}`")
+    if config["epochs"] != 20:
+        parts.append(f"{config['epochs']} epochs")
+    if config["dropout"] != 0.069:
+        parts.append(f"dropout {config['dropout']:g}")
     if config["batch_size"] != 128:
         parts.append(f"batch {config['batch_size']}")
     if config["rotate_degrees"] or config["shift_pixels"]:
@@ -59,8 +68,8 @@ def main():
             print(line)
     print("\n## Final runs (trained on all 60,000, evaluated on the 10,000 test images)\n")
     print(header)
-    for name in ["seed", "default", "default-seed1", "default-seed2", "fast"]:
-        if line := row(name, RESULTS / name):
+    for run in sorted(p.parent for p in RESULTS.glob("*/config.json")):
+        if line := row(run.name, run):
             print(line)
     finals = []
     for name in ["default", "default-seed1", "default-seed2"]:

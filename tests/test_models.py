@@ -115,3 +115,10 @@ def test_odd_sizes_pool_like_pytorch():
 def test_bad_architectures_are_refused(arch, message):
     with pytest.raises(ArchError, match=message):
         parse_arch(arch)
+
+
+def test_tiny_recipe_is_under_5000_parameters():
+    from jaxmnist import configs
+
+    _, variables, _ = init(Net(arch=configs.tiny().arch))
+    assert count_params(variables["params"]) == 4_884

@@ -1,0 +1,152 @@
+"""The frontier: final-epoch test accuracy against parameters and against training time.
+
+    python experiments/frontier.py [--results experiments/results]
+
+Reads every committed run directly under experiments/results/ (config.json and
+metrics.jsonl of runs evaluated on the test set; the validation runs of selection/ are
+not test results), groups the seeds of one config, and writes
+experiments/results/frontier/frontier.md (a table) and frontier.png (two panels:
+accuracy against parameters, log scale, with the published points drawn and labelled;
+accuracy against seconds of training on this CPU). Accuracy is always the final
+epoch's, as mean ± sample std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Published points: (params, test accuracy %, how it was reported, source).
+PUBLISHED = [
+    (5_854, 99.40, "best epoch", "an EVA-style course repo"),
+    (6_260, 99.44, "final epoch of 15", "Shwethaamrutha/TSAI-S6"),
+    (7_918, 99.50, "final epoch of 15", "snehanshu-raj/ERA"),
+    (4_862, 99.07, "50 epochs", "ruslangrimov/mnist-minimal-model"),
+    (697, 99.03, "early-stopped on the test set", "JoshWarn/Parameter-Efficient-MNIST"),
+]
+
+
+def count_params(arch: str) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmnist.models import Net, count_params
+
+    variables = Net(arch=arch).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    return count_params(variables["params"])
+
+
+def load_groups(results: Path) -> list[dict]:
+    """One entry per config (seeds grouped), from the test-set runs under `results`."""
+    from jaxmnist.configs import Config
+
+    groups: dict[str, dict] = {}
+    for config_path in sorted(results.glob("*/config.json")):
+        run = config_path.parent
+        config = Config.from_dict(json.loads(config_path.read_text()))
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                   if line.strip()]
+        if config.validation or not metrics or metrics[-1]["epoch"] != config.epochs:
+            continue  # validation runs and unfinished runs are not frontier points
+        key = json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"},
+                         sort_keys=True)
+        group = groups.setdefault(key, {"config": config, "runs": []})
+        group["runs"].append({
+            "name": run.name, "seed": config.seed,
+            "accuracy": 100 * metrics[-1]["test_accuracy"],
+            "seconds": sum(m["seconds"] for m in metrics),
+            "images_per_s": statistics.median(m["train_images_per_s"] for m in metrics),
+        })
+    out = []
+    for group in groups.values():
+        runs = sorted(group["runs"], key=lambda r: r["seed"])
+        accuracies = [r["accuracy"] for r in runs]
+        out.append({
+            "name": min((r["name"] for r in runs), key=len),
+            "arch": group["config"].arch,
+            "params": count_params(group["config"].arch),
+            "epochs": group["config"].epochs,
+            "runs": runs,
+            "mean": statistics.mean(accuracies),
+            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "seconds": min(r["seconds"] for r in runs),
+        })
+    return sorted(out, key=lambda g: g["params"])
+
+
+def write_table(groups: list[dict], path: Path) -> None:
+    lines = [
+        "# Frontier (written by `python experiments/frontier.py`)",
+        "",
+        "Final-epoch test accuracy, mean ± sample std over the seeds listed. Seconds: the "
+        "epochs (training and evaluation, the first epoch's compilation included) as "
+        "metrics.jsonl recorded them, of the fastest seed; runs that shared the 2 cores "
+        "with other work ran slower (see their images/s), so only a run made alone is a "
+        "speed figure.",
+        "",
+        "| run | arch | params | epochs | seeds | final-epoch test accuracy (%) | per seed |"
+        " seconds of epochs | train images/s (median epoch) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for g in groups:
+        per_seed = ", ".join(f"{r['accuracy']:.2f}" for r in g["runs"])
+        ips = ", ".join(f"{r['images_per_s']:,.0f}" for r in g["runs"])
+        spread = f" ± {g['std']:.2f}" if len(g["runs"]) > 1 else ""
+        lines.append(
+            f"| `{g['name']}` | `{g['arch']}` | {g['params']:,} | {g['epochs']} | "
+            f"{len(g['runs'])} | **{g['mean']:.2f}**{spread} | {per_seed} | "
+            f"{g['seconds']:.0f} | {ips} |")
+    lines += ["", "Published points drawn for comparison (test accuracy as reported):", "",
+              "| params | accuracy (%) | how reported | source |", "| --- | --- | --- | --- |"]
+    lines += [f"| {p:,} | {a:.2f} | {how} | {src} |" for p, a, how, src in PUBLISHED]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(groups: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_p, ax_t) = plt.subplots(1, 2, figsize=(13, 5))
+    for p, a, how, src in PUBLISHED:
+        marker = "s" if "final" in how else "x"
+        ax_p.plot(p, a, marker, color="grey", ms=7)
+        ax_p.annotate(f"{src.split('/')[0]}\n({how})", (p, a), fontsize=7, color="grey",
+                      xytext=(4, -10), textcoords="offset points")
+    for g in groups:
+        for ax, x in ((ax_p, g["params"]), (ax_t, g["seconds"])):
+            ax.errorbar(x, g["mean"], yerr=g["std"] or None, fmt="o", capsize=3, ms=6)
+            ax.annotate(f"{g['name']} (n={len(g['runs'])})", (x, g["mean"]), fontsize=8,
+                        xytext=(5, 4), textcoords="offset points")
+    for ax, label in ((ax_p, "parameters"), (ax_t, "seconds of training epochs, 2 CPU cores")):
+        ax.axhline(99.4, color="grey", ls="--", lw=1)
+        ax.set(xscale="log", xlabel=label, ylabel="final-epoch test accuracy (%)")
+        ax.grid(alpha=0.3, which="both")
+    ax_p.set_title("Accuracy against size (grey: published)")
+    ax_t.set_title("Accuracy against training time (this CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=REPO / "experiments/results")
+    args = p.parse_args()
+    groups = load_groups(args.results)
+    out = args.results / "frontier"
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(groups, out / "frontier.md")
+    plot(groups, out / "frontier.png")
+    print((out / "frontier.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
