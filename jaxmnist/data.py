@@ -17,6 +17,7 @@ batches are then cut and normalised on the device.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -143,6 +144,7 @@ def decode_png(png: bytes) -> np.ndarray:
         return np.asarray(image)
 
 
+@functools.cache
 def _builder_class():
     import tensorflow_datasets as tfds
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
@@ -187,6 +189,13 @@ def _builder_class():
                 yield index, {"image": encode_png(image), "label": int(label)}
 
     return MNIST
+
+
+def __getattr__(name: str):
+    # `data.MNIST`, the builder class, is defined on first use: importing TFDS is slow.
+    if name == "MNIST":
+        return _builder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def mnist_builder(

@@ -1,4 +1,4 @@
-"""Train the 12,088-parameter net on MNIST: `python -m jaxmnist.train [--recipe default]`.
+"""Train a net of the family on MNIST: `python -m jaxmnist.train [--recipe default]`.
 
 Small pure functions in the style of Flax's examples/mnist: `create_train_state`,
 `train_step`, `eval_step`, `train_and_evaluate`. The loop is a Python loop over a

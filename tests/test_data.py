@@ -151,10 +151,10 @@ class FakeDownloadManager:
 
 def test_online_path_downloads_tfds_registered_urls(fixture_dir):
     folder, digests, arrays = fixture_dir
-    builder = data._builder_class()(sha256=digests, data_dir=folder / "unused")
+    builder = data.MNIST(sha256=digests, data_dir=folder / "unused")
     manager = FakeDownloadManager(folder)
     generators = builder._split_generators(manager)
-    registered = data._builder_class().url_infos
+    registered = data.MNIST.url_infos
     assert sorted(manager.urls) == sorted(registered)  # TFDS's own URLs and checksums
     train = next(g for g in generators if g.name == "train")
     np.testing.assert_array_equal(train.gen_kwargs["images"], arrays["train"][0])
