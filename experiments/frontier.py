@@ -126,7 +126,6 @@ def plot(groups: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import matplotlib.ticker
 
     fig, (ax_p, ax_t) = plt.subplots(1, 2, figsize=(14, 5.5))
