@@ -248,7 +248,7 @@ def load_split(builder, split: str, device_put=jax.device_put) -> Split:
     import tensorflow_datasets as tfds
 
     # TFDS would decode each image through its feature machinery (OpenCV, else Pillow,
-    # one example at a time); reading the PNG bytes and decoding them here is ~2x faster.
+    # one example at a time); reading the PNG bytes and decoding them here is faster.
     source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
     examples = source.__getitems__(range(len(source)))
     images = np.stack([decode_png(e["image"]) for e in examples]).reshape(-1, 28, 28, 1)
