@@ -2,8 +2,8 @@
 # Gathers what experiments/accelerator_check.sh needs on a machine that has JAX with a GPU
 # or TPU backend but no network: wheels of the packages such an image lacks (TFDS and
 # the parts of its dependencies that the array_record path imports; not TensorFlow, not
-# pyarrow) and the four MNIST IDX files, into experiments/carry/ (git-ignored; about
-# 21 MB with MNIST). Run it here, where the package index is reachable, then carry that folder.
+# pyarrow) and the four MNIST IDX files, into experiments/carry/ (git-ignored; it prints
+# its size). Run it here, where the package index is reachable, then carry that folder.
 #
 #   bash experiments/carry_wheels.sh [PYTHON_VERSION, default 3.12] [MNIST_DIR]
 set -euo pipefail
