@@ -11,6 +11,8 @@ import json
 import statistics
 from pathlib import Path
 
+from jaxmnist.models import SEED_ARCH
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -18,9 +20,6 @@ def load(run: Path) -> tuple[dict, list[dict]]:
     config = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return config, rows
-
-
-SEED_ARCH = "c8 c16 c16 p t8 v16 v16 v16 v16"
 
 
 def describe(config: dict) -> str:
