@@ -3,8 +3,9 @@
 # nothing can be downloaded: installs the project's missing dependencies from the wheels
 # in experiments/carry/wheels (experiments/carry_wheels.sh gathers them), reads MNIST
 # from experiments/carry/mnist, then prints the devices, runs the tests that make sense
-# there, benchmarks one step per call against lax.scan over a whole epoch, and times
-# the default recipe (20 epochs, what `make train` runs) and `fast`. Every result goes
+# there, benchmarks one step per call against lax.scan over a whole epoch, times the
+# default recipe (20 epochs, what `make train` runs; then again with a whole epoch per
+# jitted call) and `fast`, and what an epoch costs besides training. Every result goes
 # into one folder (8 files at most).
 #
 #   bash experiments/accelerator_check.sh [--dry-run] [OUT]
@@ -89,7 +90,19 @@ for recipe in default fast; do
     "${budget[@]}" 2>&1 | tail -n 1 | tee -a "$out/timing.txt"
   echo "$recipe: ${SECONDS}s for the whole command" >> "$out/timing.txt"
   cp "$scratch/runs/$recipe/metrics.jsonl" "$out/$recipe-metrics.jsonl"
-  cp "$scratch/runs/$recipe/curves.png" "$out/$recipe-curves.png"
 done
+cp "$scratch/runs/default/curves.png" "$out/default-curves.png"
+# The default recipe again, a whole epoch per jitted call (lax.scan): same steps, fewer
+# dispatches; if it wins here, this backend should train that way.
+step "python -m jaxmnist.train --recipe default --steps-per-call $epoch ${budget[*]}"
+SECONDS=0
+"$py" -m jaxmnist.train --recipe default --name default-scan --out "$scratch/runs" \
+  --no-progress --steps-per-call "$epoch" "${budget[@]}" 2>&1 | tail -n 1 | tee -a "$out/timing.txt"
+echo "default --steps-per-call $epoch: ${SECONDS}s for the whole command" >> "$out/timing.txt"
+
+# 6. What an epoch costs besides training (evaluation, checkpoint, curves).
+step "experiments/epoch_overhead.py"
+"$py" experiments/epoch_overhead.py --repeats $([ $dry = 1 ] && echo 1 || echo 5) \
+  --out "$out/epoch_overhead.json" > /dev/null
 echo "results in $out:"
 ls "$out"

@@ -73,15 +73,14 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> None:
-    """Train/eval loss and accuracy against epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Train/eval loss and accuracy against epochs. Safe to call from a thread: it
+    draws on a Figure of its own, without pyplot's global state."""
+    import matplotlib.figure
     import matplotlib.ticker
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = matplotlib.figure.Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h[f"{eval_name}_loss"] for h in history], "o-", label=eval_name)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
@@ -97,16 +96,18 @@ def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> Non
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
-def checkpoint_manager(run_dir: Path):
+def checkpoint_manager(run_dir: Path, asynchronous: bool = False):
+    """orbax's manager of `run_dir`/checkpoints, keeping the newest. `asynchronous`:
+    a save returns once the state is copied to the host, and is written in a thread."""
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
         (Path(run_dir) / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                             enable_async_checkpointing=asynchronous),
     )
 
 
@@ -115,13 +116,15 @@ def _state_dict(state) -> dict:
             "opt_state": state.opt_state, "step": state.step}
 
 
-def save_checkpoint(manager, epoch: int, state) -> None:
-    """Saves the train state after `epoch`; orbax writes to a temporary directory and
-    renames it when complete, so a crash mid-save leaves the previous checkpoint intact."""
+def save_checkpoint(manager, epoch: int, state, wait: bool = True) -> None:
+    """Saves the train state after `epoch` (and waits until it is written, unless not
+    `wait`); orbax writes to a temporary directory and renames it when complete, so a
+    crash mid-save leaves the previous checkpoint intact."""
     import orbax.checkpoint as ocp
 
     manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)))
-    manager.wait_until_finished()
+    if wait:
+        manager.wait_until_finished()
 
 
 def restore_checkpoint(manager, state, epoch: int | None = None):

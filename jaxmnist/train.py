@@ -4,7 +4,8 @@ Small pure functions in the style of Flax's examples/mnist: `create_train_state`
 `train_step`, `eval_step`, `train_and_evaluate`. The loop is a Python loop over a
 jitted step, batches are cut on
 the device from a device-resident copy of each split, and with several devices each
-batch is sharded over a 1-D mesh ("data") while the state stays replicated.
+batch is sharded over a 1-D mesh ("data") while the state stays replicated. The mesh
+may span several processes (hosts): see `jaxmnist.multihost`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmnist import configs, data, kernels, rundir
+from jaxmnist import configs, data, kernels, multihost, rundir
 from jaxmnist.cli import ArgumentParser, UsageError, check_writable_dir, fail, quiet_libraries
 from jaxmnist.models import Net, count_params, summary
 
@@ -129,6 +131,8 @@ class Trainer:
         self.permutation = jit(data.epoch_permutation, static_argnums=(1, 2),
                                out_shardings=self.replicated)
         self.get_batch = jit(self._get_batch, out_shardings=self.sharded)
+        self.train_steps = jit(self._train_steps, static_argnums=(6,), donate_argnums=0,
+                               out_shardings=(self.replicated, self.replicated))
         self.get_eval_batch = jit(self._get_eval_batch, static_argnums=(2,),
                                   out_shardings=self.sharded)
 
@@ -136,6 +140,16 @@ class Trainer:
         c = self.config
         key = jax.random.fold_in(key, i)
         return data.get_batch(split, perm[i], key, c.rotate_degrees, c.shift_pixels)
+
+    def _train_steps(self, state, split, perm, start, key, dropout_rng, n):
+        """Batches `start` … `start + n - 1` of `perm`, cut and trained on in one call
+        (a `lax.scan`): one dispatch for `n` steps, the same steps as `n` calls."""
+        def body(state, i):
+            batch = self._get_batch(split, perm, i, key)
+            batch = jax.lax.with_sharding_constraint(batch, self.sharded)
+            return train_step(state, batch, dropout_rng)
+
+        return jax.lax.scan(body, state, start + jnp.arange(n))
 
     @staticmethod
     def _get_eval_batch(split, start, size):
@@ -145,6 +159,11 @@ class Trainer:
         return {**batch, "mask": mask.astype(jnp.float32)}
 
     def put(self, tree):
+        """`tree` replicated on every device of the mesh."""
+        if jax.process_count() > 1:
+            # Across processes, device_put takes host values (a jax array on one of this
+            # process's devices is not a value every process agrees on).
+            tree = jax.device_get(tree)
         return jax.device_put(tree, self.replicated)
 
     def evaluate(self, state: TrainState, split: data.Split) -> dict:
@@ -154,6 +173,17 @@ class Trainer:
         total = jax.device_get(jax.tree.map(lambda *x: sum(x), *sums))
         return {"loss": float(total["loss"]) / len(split),
                 "accuracy": float(total["correct"]) / len(split)}
+
+
+def per_step(metrics: list[dict]) -> list[dict]:
+    """Host copies of step metrics, one dict of floats per step (a call of
+    `Trainer.train_steps` gives `n` steps' worth)."""
+    steps = []
+    for m in jax.device_get(metrics):
+        losses, accuracies = np.atleast_1d(m["loss"]), np.atleast_1d(m["accuracy"])
+        steps.extend({"loss": float(loss), "accuracy": float(accuracy)}
+                     for loss, accuracy in zip(losses, accuracies))
+    return steps
 
 
 def load_trained(run_dir: str | os.PathLike):
@@ -179,18 +209,28 @@ def train_and_evaluate(
     splits: tuple[data.Split, data.Split] | None = None,
     devices=None,
     max_steps: int | None = None,
+    steps_per_call: int = 1,
 ) -> TrainState:
     """Trains `config`, evaluating after each epoch; writes config.json, metrics.jsonl,
     curves.png and a checkpoint per epoch to `run_dir`. Returns the final state.
 
     `progress` shows a bar per epoch, `verbose` a line per epoch and a summary;
-    `max_steps` cuts every epoch short (for smoke tests)."""
+    `max_steps` cuts every epoch short (for smoke tests). `steps_per_call` > 1 trains
+    that many steps per jitted call, looped by `lax.scan` on the device (the same
+    steps; fewer dispatches, though on XLA:CPU one step per call is fastest; the last
+    call of an epoch may be shorter, compiled once more). In a run over several
+    processes only process 0 writes files (orbax coordinates the checkpoints) and prints."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
+    is_main = multihost.is_main()
+    progress, verbose = progress and is_main, verbose and is_main
     rundir.check(run_dir, config, resume)
     trainer = Trainer(config, devices)
     if splits is None:
+        if jax.process_count() > 1 and is_main:
+            data.mnist_builder(data_dir, tfds_dir)  # prepared once, before the others read
+        multihost.sync("jaxmnist: MNIST prepared")
         splits = data.load_mnist(data_dir, tfds_dir, config.validation, device_put=trainer.put)
     train_split, eval_split = (trainer.put(s) for s in splits)
     eval_name = "val" if config.validation else "test"
@@ -200,75 +240,102 @@ def train_and_evaluate(
                          f"{len(train_split)} training images")
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(run_dir, config)
+    # Every process has checked the run directory before process 0 writes to it.
+    multihost.sync("jaxmnist: run directory checked")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(run_dir, config)
 
     root = jax.random.key(config.seed)
     init_key, data_key, dropout_key, augment_key = jax.random.split(root, 4)
     state = trainer.put(create_train_state(config, init_key, steps_per_epoch))
-    manager = rundir.checkpoint_manager(run_dir)
+    # Checkpoints are written in a thread, off the training loop (as the curves).
+    manager = rundir.checkpoint_manager(run_dir, asynchronous=True)
     start_epoch = 0
     if resume:
         start_epoch, state = rundir.restore_checkpoint(manager, state)
         state = trainer.put(state)
     # The metrics of the epochs the checkpoint holds; later lines (an epoch that was
     # interrupted after its line was written) are dropped.
-    history = rundir.truncate_metrics(run_dir, start_epoch)
+    history = rundir.truncate_metrics(run_dir, start_epoch) if is_main else []
 
+    # The curves are drawn in a thread: on an accelerator an epoch takes about as long.
+    plotter = ThreadPoolExecutor(max_workers=1)
+    plotted = None
     t_run = time.perf_counter()
     train_seconds = 0.0
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        perm = trainer.permutation(jax.random.fold_in(data_key, epoch), len(train_split),
-                                   config.batch_size)
-        epoch_aug_key = jax.random.fold_in(augment_key, epoch)
-        step_metrics: list[dict] = []
-        host: list[dict] = []  # the step_metrics fetched so far, 50 steps at a time
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not progress, leave=False, unit="step", dynamic_ncols=True)
-        for i in bar:
-            batch = trainer.get_batch(train_split, perm, i, epoch_aug_key)
-            state, m = trainer.train_step(state, batch, dropout_key)
-            step_metrics.append(m)
-            if (i + 1) % 50 == 0 or i + 1 == steps_per_epoch:
-                checked = len(host)
-                chunk = jax.device_get(step_metrics[checked:])
-                for j, cm in enumerate(chunk):
-                    if not math.isfinite(cm["loss"]):
-                        last = manager.latest_step()
-                        kept = (f"the last good checkpoint (epoch {last}) is kept" if last
-                                else "no checkpoint had been saved yet")
-                        raise TrainingDiverged(
-                            f"non-finite training loss ({cm['loss']}) at epoch {epoch}, "
-                            f"step {checked + j + 1} of {steps_per_epoch}; {kept}")
-                host.extend(chunk)
-                bar.set_postfix(loss=f"{chunk[-1]['loss']:.4f}",
-                                acc=f"{100 * np.mean([c['accuracy'] for c in chunk]):.2f}%")
-        bar.close()
-        t_train = time.perf_counter() - t0
-        train_seconds += t_train
-        ev = trainer.evaluate(state, eval_split)
-        seconds = time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean([h["loss"] for h in host])),
-            "train_accuracy": float(np.mean([h["accuracy"] for h in host])),
-            f"{eval_name}_loss": ev["loss"],
-            f"{eval_name}_accuracy": ev["accuracy"],
-            "seconds": round(seconds, 3),
-            "train_images_per_s": round(steps_per_epoch * config.batch_size / t_train, 1),
-        }
-        history.append(record)
-        rundir.save_checkpoint(manager, epoch, state)
-        rundir.append_metrics(run_dir, record)
-        rundir.plot_curves(history, run_dir / "curves.png", eval_name)
-        if verbose:
-            tqdm.write(
-                f"epoch {epoch:2d}  train loss {record['train_loss']:.4f} "
-                f"acc {100 * record['train_accuracy']:.2f}%  {eval_name} loss "
-                f"{ev['loss']:.4f} acc {100 * ev['accuracy']:.2f}%  {seconds:.1f}s",
-                file=sys.stderr,
-            )
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            perm = trainer.permutation(jax.random.fold_in(data_key, epoch), len(train_split),
+                                       config.batch_size)
+            epoch_aug_key = jax.random.fold_in(augment_key, epoch)
+            pending: list[dict] = []  # step metrics on the device, not yet checked
+            host: list[dict] = []  # those checked, one per step, 50 steps at a time
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+            done = 0
+            while done < steps_per_epoch:
+                n = min(steps_per_call, steps_per_epoch - done)
+                if n == 1:
+                    batch = trainer.get_batch(train_split, perm, done, epoch_aug_key)
+                    state, m = trainer.train_step(state, batch, dropout_key)
+                else:
+                    state, m = trainer.train_steps(state, train_split, perm, done,
+                                                   epoch_aug_key, dropout_key, n)
+                pending.append(m)
+                done += n
+                bar.update(n)
+                if done // 50 > (done - n) // 50 or done == steps_per_epoch:
+                    chunk = per_step(pending)
+                    for j, cm in enumerate(chunk):
+                        if not math.isfinite(cm["loss"]):
+                            last = manager.latest_step()
+                            kept = (f"the last good checkpoint (epoch {last}) is kept" if last
+                                    else "no checkpoint had been saved yet")
+                            raise TrainingDiverged(
+                                f"non-finite training loss ({cm['loss']}) at epoch {epoch}, "
+                                f"step {len(host) + j + 1} of {steps_per_epoch}; {kept}")
+                    host.extend(chunk)
+                    pending = []
+                    bar.set_postfix(loss=f"{chunk[-1]['loss']:.4f}",
+                                    acc=f"{100 * np.mean([c['accuracy'] for c in chunk]):.2f}%")
+            bar.close()
+            t_train = time.perf_counter() - t0
+            train_seconds += t_train
+            ev = trainer.evaluate(state, eval_split)
+            seconds = time.perf_counter() - t0
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean([h["loss"] for h in host])),
+                "train_accuracy": float(np.mean([h["accuracy"] for h in host])),
+                f"{eval_name}_loss": ev["loss"],
+                f"{eval_name}_accuracy": ev["accuracy"],
+                "seconds": round(seconds, 3),
+                "train_images_per_s": round(steps_per_epoch * config.batch_size / t_train, 1),
+            }
+            history.append(record)
+            rundir.save_checkpoint(manager, epoch, state, wait=False)
+            if is_main:
+                rundir.append_metrics(run_dir, record)
+                if plotted is not None:
+                    plotted.result()  # the previous epoch's, long done; raises if it failed
+                plotted = plotter.submit(rundir.plot_curves, list(history), run_dir / "curves.png",
+                                         eval_name)
+            if verbose:
+                tqdm.write(
+                    f"epoch {epoch:2d}  train loss {record['train_loss']:.4f} "
+                    f"acc {100 * record['train_accuracy']:.2f}%  {eval_name} loss "
+                    f"{ev['loss']:.4f} acc {100 * ev['accuracy']:.2f}%  {seconds:.1f}s",
+                    file=sys.stderr,
+                )
+    except KeyboardInterrupt:
+        manager.wait_until_finished()  # the last finished epoch's checkpoint, complete
+        raise
+    manager.wait_until_finished()
+    plotter.shutdown()
+    if plotted is not None:
+        plotted.result()
     if history and verbose:
         final = history[-1]
         best = max(history, key=lambda h: h[f"{eval_name}_accuracy"])
@@ -280,6 +347,7 @@ def train_and_evaluate(
             f"{best['epoch']} (chosen on the {eval_name} set); wall {wall:.0f}s; "
             f"{images / max(train_seconds, 1e-9):.0f} train images/s on "
             f"{jax.device_count()}x {jax.devices()[0].platform}"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
         )
     return state
 
@@ -299,6 +367,10 @@ def _parse_args(argv):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--max-steps", type=positive_int,
                    help="cut every epoch to N steps (smoke tests)")
+    p.add_argument("--steps-per-call", type=positive_int, default=1, metavar="K",
+                   help="train K steps per jitted call, in a lax.scan (default 1: a "
+                        "Python loop over steps, fastest on CPU)")
+    multihost.add_arguments(p)
     g = p.add_argument_group("config (defaults come from the recipe)")
     types = {"arch": architecture, "epochs": positive_int, "batch_size": positive_int,
              "lr": positive_float,
@@ -321,11 +393,14 @@ def _parse_args(argv):
         p.error(f"--validation must be in [0, 60000), got {config.validation}")
     if config.rotate_degrees < 0 or config.shift_pixels < 0:
         p.error("--rotate-degrees and --shift-pixels must be >= 0")
+    if multihost.requested(args):
+        multihost.check_arguments(p, args)
     return p, args, config
 
 
 def main(argv=None) -> int:
     prog = "python -m jaxmnist.train"
+    argv = sys.argv[1:] if argv is None else list(argv)
     quiet_libraries()
     _, args, config = _parse_args(argv)
     if args.summary:
@@ -336,11 +411,38 @@ def main(argv=None) -> int:
             print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
         print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
         return 0
+    if not multihost.requested(args):
+        return _train(prog, args, config)
+    if os.environ.get(multihost.WORKER_ENV) != "1":
+        return multihost.supervise(prog, argv, args.process_id)
+    # The training process of a multi-process run. On failure it leaves without JAX's
+    # exit-time shutdown, which would wait for the other processes first.
+    try:
+        try:
+            multihost.initialize(args)
+        except UsageError as e:
+            fail(prog, str(e))
+        code = _train(prog, args, config)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        if not multihost.is_peer_lost(e):
+            raise
+        code = multihost.PEER_LOST
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return 0
+
+
+def _train(prog: str, args, config: configs.Config) -> int:
     run_dir = Path(args.out) / (args.name or args.recipe)
     try:
         check_writable_dir(run_dir)
         train_and_evaluate(config, run_dir, args.data_dir, args.tfds_dir, args.resume,
-                           progress=not args.no_progress, max_steps=args.max_steps)
+                           progress=not args.no_progress, max_steps=args.max_steps,
+                           steps_per_call=args.steps_per_call)
     except (UsageError, data.DataError) as e:
         fail(prog, str(e))
     except TrainingDiverged as e:

@@ -103,6 +103,48 @@ def test_same_seed_same_metrics(mnist_splits, tmp_path):
     assert len(runs[0]) == 2
 
 
+def test_steps_in_a_scan_match_one_step_per_call(mnist_splits, tmp_path):
+    config = configs.Config(epochs=1, rotate_degrees=5.0, shift_pixels=1.0)
+    splits = small_splits(mnist_splits)
+    trainer = train.Trainer(config)
+    split = trainer.put(splits[0])
+    perm = trainer.permutation(jax.random.key(3), len(split), config.batch_size)
+    aug_key, dropout_key = jax.random.key(4), jax.random.key(5)
+
+    def fresh_state():
+        return trainer.put(train.create_train_state(config, jax.random.key(0), 8))
+
+    # The same batch, augmentation and dropout: the same step, to float32 round-off
+    # (XLA may order a reduction differently inside the loop).
+    state, _ = trainer.train_step(fresh_state(), trainer.get_batch(split, perm, 0, aug_key),
+                                  dropout_key)
+    scanned, m = trainer.train_steps(fresh_state(), split, perm, 0, aug_key, dropout_key, 1)
+    chex.assert_trees_all_close(scanned.params, state.params, atol=1e-6)
+    chex.assert_trees_all_close(scanned.batch_stats, state.batch_stats, atol=1e-6)
+
+    # Later steps amplify that round-off a little (momentum, and a max-pool or ReLU whose
+    # choice it moves), so three steps' losses agree to 1e-4.
+    state, losses = fresh_state(), []
+    for i in range(3):
+        state, m = trainer.train_step(state, trainer.get_batch(split, perm, i, aug_key),
+                                      dropout_key)
+        losses.append(float(m["loss"]))
+    scanned, m = trainer.train_steps(fresh_state(), split, perm, 0, aug_key, dropout_key, 3)
+    chex.assert_shape(m["loss"], (3,))
+    np.testing.assert_allclose(np.asarray(m["loss"]), losses, atol=1e-4)
+    assert int(scanned.step) == 3
+
+    # A run: 8 steps an epoch in calls of 3, 3 and 2 against 8 calls of one step. The
+    # round-off grows with the steps of this early phase (as across devices).
+    states = {k: train.train_and_evaluate(config, tmp_path / str(k), splits=splits,
+                                          steps_per_call=k, progress=False, verbose=False)
+              for k in (1, 3)}
+    assert int(states[3].step) == int(states[1].step) == 8
+    (one,), (three,) = metrics_of(tmp_path / "1"), metrics_of(tmp_path / "3")
+    assert abs(one["train_loss"] - three["train_loss"]) < 2e-3, (one, three)
+    assert abs(one["train_accuracy"] - three["train_accuracy"]) < 0.01, (one, three)
+
+
 def test_non_finite_loss_stops_with_epoch_and_step(mnist_splits, tmp_path):
     config = configs.Config(epochs=2, lr=1e6, momentum=0.0)
     with pytest.raises(train.TrainingDiverged, match=r"epoch 1, step \d+ of 8") as e:
@@ -115,8 +157,8 @@ def test_non_finite_loss_stops_with_epoch_and_step(mnist_splits, tmp_path):
 # --- the command line, in subprocesses ----------------------------------------------
 
 
-def train_cli(*args, tfds_dir, mnist_dir, **kwargs):
-    env = {**os.environ, "JAXMNIST_DATA_DIR": str(mnist_dir)}
+def train_cli(*args, tfds_dir, mnist_dir, env_extra=None, **kwargs):
+    env = {**os.environ, "JAXMNIST_DATA_DIR": str(mnist_dir), **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "jaxmnist.train", "--tfds-dir", str(tfds_dir), "--no-progress",
          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
@@ -136,7 +178,9 @@ def test_resume_after_a_kill_matches_a_straight_run(mnist_splits, tfds_dir, mnis
     killed = train_cli(*args, "--name", "killed", tfds_dir=tfds_dir, mnist_dir=mnist_dir)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 600
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+    # Epoch 1's checkpoint, complete (orbax writes it in a thread, renaming it when done).
+    while not ((tmp_path / "killed" / "checkpoints" / "1").is_dir() and metrics.exists()
+               and metrics.read_text().count("\n") >= 1):
         assert killed.poll() is None, killed.stderr.read()
         assert time.time() < deadline
         time.sleep(0.05)

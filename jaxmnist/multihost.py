@@ -1,0 +1,189 @@
+"""One training run across processes: start-up, who writes, and failing well.
+
+`python -m jaxmnist.train --coordinator HOST:PORT --num-processes N --process-id I`
+(or `--distributed` where `jax.distributed.initialize` finds these itself, as on a TPU
+pod slice or a SLURM cluster) is process I of one run over the devices of all N:
+
+- every process holds both splits on its devices (MNIST is 55 MB), and each device
+  cuts its own rows of each global batch, so no process reads another's data;
+- one global mesh, so BatchNorm statistics and gradients are means over the global batch;
+- process 0 prepares the TFDS dataset (the others wait), writes config.json,
+  metrics.jsonl, curves.png and prints; checkpoints are written by orbax, which
+  coordinates the processes itself. The run directory must be on a filesystem that
+  every process sees (as orbax requires for many hosts).
+
+When a process dies, the others cannot go on. XLA's coordination service then ends
+them with a C++ `LOG(FATAL)` and a stack trace (not a Python exception), either at
+once or after `--distributed-timeout`. So each process runs the training in a child
+process and reports such an end as one line on stderr, exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+
+# Set in the child that trains, by its supervising parent.
+WORKER_ENV = "JAXMNIST_MULTIHOST_WORKER"
+# The child's exit code for "another process is gone" (BSD's EX_TEMPFAIL).
+PEER_LOST = 75
+
+# Messages of XLA's coordination service and gloo that mean another process is gone
+# (or never came): the supervisor drops them, and everything after them, from stderr.
+_FATAL_LINE = re.compile(rb"^[WEF]\d{4} .*(coordination_service|client\.h|preemption_sync)")
+_GLOO_CHATTER = re.compile(rb"^\[Gloo\] Rank \d+ is connected")
+_PEER_LOST_WORDS = ("Gloo", "coordination service", "heartbeat", "Barrier", "barrier",
+                    "Connection reset", "Connection refused", "Socket closed")
+
+
+def add_arguments(parser) -> None:
+    from jaxmnist.cli import non_negative_int, positive_int
+
+    g = parser.add_argument_group(
+        "many processes (one run over the devices of N processes, e.g. N hosts)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0, which every process can reach")
+    g.add_argument("--num-processes", type=positive_int, metavar="N")
+    g.add_argument("--process-id", type=non_negative_int, metavar="I")
+    g.add_argument("--distributed", action="store_true",
+                   help="let jax.distributed.initialize find the three above (TPU pod "
+                        "slices, SLURM, ...)")
+    g.add_argument("--distributed-timeout", type=positive_int, default=60, metavar="SECONDS",
+                   help="how long to wait for all processes to start, and for a silent one "
+                        "before giving up (default 60)")
+
+
+def requested(args) -> bool:
+    return bool(args.distributed or args.coordinator or args.num_processes is not None
+                or args.process_id is not None)
+
+
+def check_arguments(parser, args) -> None:
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed and None in given:
+        parser.error("--coordinator, --num-processes and --process-id go together "
+                     "(or --distributed alone)")
+    if args.process_id is not None and args.num_processes is not None \
+            and args.process_id >= args.num_processes:
+        parser.error(f"--process-id {args.process_id} must be < --num-processes "
+                     f"{args.num_processes}")
+    if args.coordinator is not None and not re.fullmatch(r".+:\d+", args.coordinator):
+        parser.error(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
+
+
+def initialize(args) -> None:
+    """`jax.distributed.initialize` with the command line's arguments; CPU devices
+    talk through gloo. A UsageError if JAX can find no cluster settings."""
+    from jaxmnist.cli import UsageError
+
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout = args.distributed_timeout
+    try:
+        jax.distributed.initialize(
+            args.coordinator, args.num_processes, args.process_id,
+            initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
+    except ValueError as e:  # --distributed where JAX finds no cluster to ask
+        raise UsageError(f"--distributed: {e} JAX found no cluster settings here; give "
+                         "--coordinator, --num-processes and --process-id") from None
+    # The parent's death closes our stdin: stop rather than train on alone.
+    threading.Thread(target=_exit_when_parent_dies, daemon=True).start()
+
+
+def _exit_when_parent_dies() -> None:
+    # The raw descriptor: a thread blocked in a buffered read would hold its lock at exit.
+    try:
+        while os.read(0, 1 << 16):
+            pass
+    except OSError:
+        pass
+    os._exit(PEER_LOST)
+
+
+def is_main() -> bool:
+    """True in the process that writes files and prints (process 0)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Waits until every process gets here (no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def is_peer_lost(error: BaseException) -> bool:
+    """Whether `error` (raised in a multi-process run) means another process is gone."""
+    return jax.process_count() > 1 and any(w in str(error) for w in _PEER_LOST_WORDS)
+
+
+def supervise(prog: str, argv: list[str], process_id: int | None) -> int:
+    """Runs `python -m jaxmnist.train argv` as a child process and reports its end.
+
+    Its stdout and stderr are passed through as they come (progress bars included)
+    except gloo's connection chatter and, once the coordination service reports a
+    failure, its messages and C++ stack trace, which become one line."""
+    env = {**os.environ, WORKER_ENV: "1"}
+    child = subprocess.Popen([sys.executable, "-m", "jaxmnist.train", *argv],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+    stdout = threading.Thread(target=_forward, args=(child.stdout.fileno(), sys.stdout.buffer))
+    stdout.start()
+    # Ctrl-C reaches the child from the terminal itself; a SIGTERM is passed on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda s, _f: child.send_signal(s))
+    failure = _forward(child.stderr.fileno(), sys.stderr.buffer)
+    stdout.join()
+    code = child.wait()
+    child.stdin.close()
+    who = f"process {process_id}" if process_id is not None else "this process"
+    if code == 0 or (code > 0 and code != PEER_LOST and failure is None):
+        return code  # done, or an error the child has reported itself
+    if failure is not None and b"RegisterTask" in failure:
+        message = ("not all processes reached the coordinator in time; start them all "
+                   "with the same --coordinator and --num-processes")
+    else:
+        reason = ("another process stopped or cannot be reached"
+                  if failure is not None or code == PEER_LOST
+                  else f"its training process was killed (signal {-code})")
+        message = (f"{reason}; the newest checkpoint is the last finished epoch: start "
+                   "every process again with --resume")
+    print(f"{prog}: error: {who}: {message}", file=sys.stderr)
+    return 1
+
+
+def _forward(fd: int, out) -> bytes | None:
+    """Copies `fd` to `out` until EOF; returns the coordination service's failure
+    message (None if there was none), from which on nothing more is copied."""
+    pending = b""  # the start of a line that may turn out to be dropped
+    failure = None
+    while chunk := os.read(fd, 1 << 16):
+        if failure is not None:
+            failure = (failure + chunk)[:1 << 16]
+            continue
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        keep = []
+        for k, line in enumerate(lines):
+            if _FATAL_LINE.match(line):
+                failure = b"\n".join(lines[k:] + [pending])
+                break
+            if not _GLOO_CHATTER.match(line):
+                keep.append(line + b"\n")
+        # A partial line (a progress bar) goes out now, unless it may be one to drop.
+        if failure is None and pending and pending[:1] not in (b"[", b"W", b"E", b"F"):
+            keep.append(pending)
+            pending = b""
+        out.write(b"".join(keep))
+        out.flush()
+    if pending and failure is None:
+        out.write(pending)
+        out.flush()
+    return failure
