@@ -34,10 +34,13 @@ WORKER_ENV = "JAXMNIST_MULTIHOST_WORKER"
 # The child's exit code for "another process is gone" (BSD's EX_TEMPFAIL).
 PEER_LOST = 75
 
-# Messages of XLA's coordination service and gloo that mean another process is gone
-# (or never came): the supervisor drops them, and everything after them, from stderr.
-_FATAL_LINE = re.compile(rb"^[WEF]\d{4} .*(coordination_service|client\.h|preemption_sync)")
+# A warning or error of XLA's coordination service (absl's log format, or TSL's in older
+# jaxlibs) means another process is gone or never came: the supervisor drops it, and
+# everything after it, from stderr.
+_FATAL_LINE = re.compile(rb"^(?:[WEF]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [WEF] )"
+                         rb".*(coordination_service|client\.h|preemption_sync)")
 _GLOO_CHATTER = re.compile(rb"^\[Gloo\] Rank \d+ is connected")
+# Words of the Python exceptions that mean the same in the training process.
 _PEER_LOST_WORDS = ("Gloo", "coordination service", "heartbeat", "Barrier", "barrier",
                     "Connection reset", "Connection refused", "Socket closed")
 
@@ -177,8 +180,9 @@ def _forward(fd: int, out) -> bytes | None:
                 break
             if not _GLOO_CHATTER.match(line):
                 keep.append(line + b"\n")
-        # A partial line (a progress bar) goes out now, unless it may be one to drop.
-        if failure is None and pending and pending[:1] not in (b"[", b"W", b"E", b"F"):
+        # A progress bar's update (a partial line starting with a carriage return) goes
+        # out now; other partial lines wait for their end, which may make them dropped.
+        if failure is None and pending.startswith(b"\r"):
             keep.append(pending)
             pending = b""
         out.write(b"".join(keep))
