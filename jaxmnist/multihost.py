@@ -80,6 +80,34 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
 
 
+def run(prog: str, argv: list[str], args, train) -> int:
+    """The command line's multi-process run: here, the supervising parent (`supervise`);
+    in its child, `initialize` then `train()` (which returns an exit code)."""
+    from jaxmnist.cli import UsageError, fail
+
+    if os.environ.get(WORKER_ENV) != "1":
+        return supervise(prog, argv, args.process_id)
+    # On failure the child leaves without JAX's exit-time shutdown, which would wait for
+    # the other processes first.
+    try:
+        try:
+            initialize(args)
+        except UsageError as e:
+            fail(prog, str(e))
+        code = train()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        if not is_peer_lost(e):
+            raise
+        code = PEER_LOST
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return 0
+
+
 def initialize(args) -> None:
     """`jax.distributed.initialize` with the command line's arguments; CPU devices
     talk through gloo. A UsageError if JAX can find no cluster settings."""

@@ -411,29 +411,9 @@ def main(argv=None) -> int:
             print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
         print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
         return 0
-    if not multihost.requested(args):
-        return _train(prog, args, config)
-    if os.environ.get(multihost.WORKER_ENV) != "1":
-        return multihost.supervise(prog, argv, args.process_id)
-    # The training process of a multi-process run. On failure it leaves without JAX's
-    # exit-time shutdown, which would wait for the other processes first.
-    try:
-        try:
-            multihost.initialize(args)
-        except UsageError as e:
-            fail(prog, str(e))
-        code = _train(prog, args, config)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except Exception as e:
-        if not multihost.is_peer_lost(e):
-            raise
-        code = multihost.PEER_LOST
-    if code:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return 0
+    if multihost.requested(args):
+        return multihost.run(prog, argv, args, lambda: _train(prog, args, config))
+    return _train(prog, args, config)
 
 
 def _train(prog: str, args, config: configs.Config) -> int:
