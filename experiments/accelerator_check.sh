@@ -83,22 +83,24 @@ done
 
 # 5. The recipes, timed as whole commands (start-up, data and compilation included).
 if [ $dry = 1 ]; then budget=(--epochs 1 --max-steps 5); else budget=(); fi
-for recipe in default fast; do
-  step "python -m jaxmnist.train --recipe $recipe ${budget[*]}"
+# timed_train LABEL ARGS...: one `jaxmnist.train` run, its last line and its time.
+timed_train() {
+  local label=$1; shift
+  step "python -m jaxmnist.train $* ${budget[*]}"
   SECONDS=0
-  "$py" -m jaxmnist.train --recipe "$recipe" --out "$scratch/runs" --no-progress \
-    "${budget[@]}" 2>&1 | tail -n 1 | tee -a "$out/timing.txt"
-  echo "$recipe: ${SECONDS}s for the whole command" >> "$out/timing.txt"
+  "$py" -m jaxmnist.train "$@" --out "$scratch/runs" --no-progress "${budget[@]}" 2>&1 \
+    | tail -n 1 | tee -a "$out/timing.txt"
+  echo "$label: ${SECONDS}s for the whole command" >> "$out/timing.txt"
+}
+for recipe in default fast; do
+  timed_train "$recipe" --recipe "$recipe"
   cp "$scratch/runs/$recipe/metrics.jsonl" "$out/$recipe-metrics.jsonl"
 done
 cp "$scratch/runs/default/curves.png" "$out/default-curves.png"
 # The default recipe again, a whole epoch per jitted call (lax.scan): same steps, fewer
 # dispatches; if it wins here, this backend should train that way.
-step "python -m jaxmnist.train --recipe default --steps-per-call $epoch ${budget[*]}"
-SECONDS=0
-"$py" -m jaxmnist.train --recipe default --name default-scan --out "$scratch/runs" \
-  --no-progress --steps-per-call "$epoch" "${budget[@]}" 2>&1 | tail -n 1 | tee -a "$out/timing.txt"
-echo "default --steps-per-call $epoch: ${SECONDS}s for the whole command" >> "$out/timing.txt"
+timed_train "default --steps-per-call $epoch" --recipe default --name default-scan \
+  --steps-per-call "$epoch"
 
 # 6. What an epoch costs besides training (evaluation, checkpoint, curves).
 step "experiments/epoch_overhead.py"

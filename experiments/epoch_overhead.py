@@ -35,21 +35,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def timed(fn, repeats: int) -> dict:
-    fn()  # warm-up: compilation, imports, first-file costs
+def timed(fn, repeats: int, before=None) -> dict:
+    """Median, min and max seconds of `fn()` over `repeats` calls after a warm-up call
+    (compilation, imports, first-file costs); `before()` runs before each, unclocked."""
     seconds = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - t0)
-    return {"median_s": round(statistics.median(seconds), 5),
-            "min_s": round(min(seconds), 5), "max_s": round(max(seconds), 5)}
-
-
-def timed_inner(fn, repeats: int) -> dict:
-    """As `timed`, for an `fn` that returns the seconds of the part it times itself."""
-    fn()
-    seconds = [fn() for _ in range(repeats)]
+    seconds = seconds[1:]
     return {"median_s": round(statistics.median(seconds), 5),
             "min_s": round(min(seconds), 5), "max_s": round(max(seconds), 5)}
 
@@ -80,14 +76,9 @@ def main(argv=None) -> None:
         # What the training loop waits for: orbax copies the state to the host and writes
         # it in a thread (the previous epoch's write is long done by then).
         background = rundir.checkpoint_manager(run_dir / "async", asynchronous=True)
-
-        def save_in_background():
-            background.wait_until_finished()  # outside the clock: the previous epoch's
-            t0 = time.perf_counter()
-            rundir.save_checkpoint(background, next(epoch), state, wait=False)
-            return time.perf_counter() - t0
-
-        results["save_checkpoint_in_background"] = timed_inner(save_in_background, args.repeats)
+        results["save_checkpoint_in_background"] = timed(
+            lambda: rundir.save_checkpoint(background, next(epoch), state, wait=False),
+            args.repeats, before=background.wait_until_finished)  # the previous epoch's
         background.wait_until_finished()
         results["append_metrics_line"] = timed(
             lambda: rundir.append_metrics(run_dir, history[-1]), args.repeats)

@@ -186,6 +186,44 @@ def per_step(metrics: list[dict]) -> list[dict]:
     return steps
 
 
+def train_epoch(trainer: Trainer, state: TrainState, split: data.Split, perm: jax.Array,
+                augment_key: jax.Array, dropout_key: jax.Array, *, epoch: int, steps: int,
+                steps_per_call: int, bar, manager) -> tuple[TrainState, list[dict]]:
+    """Epoch `epoch`: the first `steps` batches of `perm`, `steps_per_call` per jitted
+    call, counted on the tqdm `bar`. Returns the state and each step's metrics (host
+    floats). The losses are checked every 50 steps: a non-finite one raises
+    TrainingDiverged, naming `manager`'s newest checkpoint."""
+    pending: list[dict] = []  # step metrics on the device, not yet checked
+    host: list[dict] = []  # those checked, one per step
+    done = 0
+    while done < steps:
+        n = min(steps_per_call, steps - done)
+        if n == 1:
+            batch = trainer.get_batch(split, perm, done, augment_key)
+            state, m = trainer.train_step(state, batch, dropout_key)
+        else:
+            state, m = trainer.train_steps(state, split, perm, done, augment_key,
+                                           dropout_key, n)
+        pending.append(m)
+        done += n
+        bar.update(n)
+        if done // 50 > (done - n) // 50 or done == steps:
+            chunk = per_step(pending)
+            pending = []
+            for j, cm in enumerate(chunk):
+                if not math.isfinite(cm["loss"]):
+                    last = manager.latest_step()
+                    kept = (f"the last good checkpoint (epoch {last}) is kept" if last
+                            else "no checkpoint had been saved yet")
+                    raise TrainingDiverged(
+                        f"non-finite training loss ({cm['loss']}) at epoch {epoch}, "
+                        f"step {len(host) + j + 1} of {steps}; {kept}")
+            host.extend(chunk)
+            bar.set_postfix(loss=f"{chunk[-1]['loss']:.4f}",
+                            acc=f"{100 * np.mean([c['accuracy'] for c in chunk]):.2f}%")
+    return state, host
+
+
 def load_trained(run_dir: str | os.PathLike):
     """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json)."""
     run_dir = Path(run_dir)
@@ -232,7 +270,9 @@ def train_and_evaluate(
             data.mnist_builder(data_dir, tfds_dir)  # prepared once, before the others read
         multihost.sync("jaxmnist: MNIST prepared")
         splits = data.load_mnist(data_dir, tfds_dir, config.validation, device_put=trainer.put)
-    train_split, eval_split = (trainer.put(s) for s in splits)
+    else:
+        splits = tuple(trainer.put(s) for s in splits)
+    train_split, eval_split = splits
     eval_name = "val" if config.validation else "test"
     steps_per_epoch = len(train_split) // config.batch_size
     if steps_per_epoch == 0:
@@ -270,37 +310,12 @@ def train_and_evaluate(
             perm = trainer.permutation(jax.random.fold_in(data_key, epoch), len(train_split),
                                        config.batch_size)
             epoch_aug_key = jax.random.fold_in(augment_key, epoch)
-            pending: list[dict] = []  # step metrics on the device, not yet checked
-            host: list[dict] = []  # those checked, one per step, 50 steps at a time
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
-            done = 0
-            while done < steps_per_epoch:
-                n = min(steps_per_call, steps_per_epoch - done)
-                if n == 1:
-                    batch = trainer.get_batch(train_split, perm, done, epoch_aug_key)
-                    state, m = trainer.train_step(state, batch, dropout_key)
-                else:
-                    state, m = trainer.train_steps(state, train_split, perm, done,
-                                                   epoch_aug_key, dropout_key, n)
-                pending.append(m)
-                done += n
-                bar.update(n)
-                if done // 50 > (done - n) // 50 or done == steps_per_epoch:
-                    chunk = per_step(pending)
-                    for j, cm in enumerate(chunk):
-                        if not math.isfinite(cm["loss"]):
-                            last = manager.latest_step()
-                            kept = (f"the last good checkpoint (epoch {last}) is kept" if last
-                                    else "no checkpoint had been saved yet")
-                            raise TrainingDiverged(
-                                f"non-finite training loss ({cm['loss']}) at epoch {epoch}, "
-                                f"step {len(host) + j + 1} of {steps_per_epoch}; {kept}")
-                    host.extend(chunk)
-                    pending = []
-                    bar.set_postfix(loss=f"{chunk[-1]['loss']:.4f}",
-                                    acc=f"{100 * np.mean([c['accuracy'] for c in chunk]):.2f}%")
-            bar.close()
+            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                      disable=not progress, leave=False, unit="step", dynamic_ncols=True) as bar:
+                state, host = train_epoch(trainer, state, train_split, perm, epoch_aug_key,
+                                          dropout_key, epoch=epoch, steps=steps_per_epoch,
+                                          steps_per_call=steps_per_call, bar=bar,
+                                          manager=manager)
             t_train = time.perf_counter() - t0
             train_seconds += t_train
             ev = trainer.evaluate(state, eval_split)
