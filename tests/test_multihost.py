@@ -2,6 +2,7 @@
 one process with 2 devices, resumable across processes, and failing with one line."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,10 +41,19 @@ def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path
     out = ["--out", str(tmp_path)]
     # References: one process with 2 devices (the same program as 2 processes with 1
     # device each) and one process with 1 device.
-    ref2 = train_cli(*ARGS, *out, "--name", "two-devices", tfds_dir=tfds_dir,
-                     mnist_dir=mnist_dir,
-                     env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert ref2.wait(timeout=600) == 0, ref2.stderr.read()
+    for attempt in (1, 2):
+        ref2 = train_cli(*ARGS, *out, "--name", "two-devices", tfds_dir=tfds_dir,
+                         mnist_dir=mnist_dir,
+                         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+        code, err = ref2.wait(timeout=600), ref2.stderr.read()
+        # jaxlib 0.7.0's XLA:CPU sometimes aborts two in-process devices whose all-reduce
+        # thread was not scheduled within its 10 s rendezvous limit (seen on 2 cores, not
+        # with later jaxlibs): that reference run, not the code under test, is tried again.
+        if code == -6 and "rendezvous" in err and attempt == 1:
+            shutil.rmtree(tmp_path / "two-devices")
+            continue
+        assert code == 0, err
+        break
     ref1 = train_cli(*ARGS, *out, "--name", "one-device", tfds_dir=tfds_dir, mnist_dir=mnist_dir)
     assert ref1.wait(timeout=600) == 0, ref1.stderr.read()
 
