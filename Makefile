@@ -62,9 +62,9 @@ train-tiny: $(STAMP)
 train-seed: $(STAMP)
 	$(BIN)/python -m jaxmnist.train --recipe seed $(ARGS)
 
+# Part A's study into runs/backprop/; OUT=experiments/results/backprop refreshes the committed one.
 backprop: $(STAMP)
-	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out experiments/results/backprop \
-	| tee experiments/results/backprop/final_error.txt
+	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out $(or $(OUT),runs/backprop)
 
 # Draw a digit for a trained run: RUN=runs/default make serve (default: the committed run).
 RUN ?= experiments/results/default

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -142,6 +144,133 @@ def gradient_descent(p: dict, x: dict, lrs: jax.Array, steps: int) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------
+# One step as on paper: each formula, with its numbers filled in.
+
+# The forward pass, in the order it is computed: name, formula ({x} is a value by name).
+FORWARD_FORMULAS = (
+    ("h1", "{w1}·{i1} + {w2}·{i2} + {b1}"),
+    ("a_h1", "σ({h1})"),
+    ("h2", "{w3}·{i1} + {w4}·{i2} + {b1}"),
+    ("a_h2", "σ({h2})"),
+    ("o1", "{w5}·{a_h1} + {w6}·{a_h2} + {b2}"),
+    ("a_o1", "σ({o1})"),
+    ("o2", "{w7}·{a_h1} + {w8}·{a_h2} + {b2}"),
+    ("a_o2", "σ({o2})"),
+    ("E1", "½({t1} − {a_o1})²"),
+    ("E2", "½({t2} − {a_o2})²"),
+    ("E_total", "{E1} + {E2}"),
+)
+
+# Every local derivative the backward pass multiplies: its name on paper, its formula,
+# and the same formula in code (v: the weights, the example and the forward values).
+LOCAL_DERIVATIVES = (
+    ("∂E1/∂a_o1", "{a_o1} − {t1}", lambda v: v["a_o1"] - v["t1"]),
+    ("∂a_o1/∂o1", "{a_o1}·(1 − {a_o1})", lambda v: v["a_o1"] * (1 - v["a_o1"])),
+    ("∂E2/∂a_o2", "{a_o2} − {t2}", lambda v: v["a_o2"] - v["t2"]),
+    ("∂a_o2/∂o2", "{a_o2}·(1 − {a_o2})", lambda v: v["a_o2"] * (1 - v["a_o2"])),
+    ("∂o1/∂w5", "{a_h1}", lambda v: v["a_h1"]),
+    ("∂o1/∂w6", "{a_h2}", lambda v: v["a_h2"]),
+    ("∂o2/∂w7", "{a_h1}", lambda v: v["a_h1"]),
+    ("∂o2/∂w8", "{a_h2}", lambda v: v["a_h2"]),
+    ("∂o1/∂a_h1", "{w5}", lambda v: v["w5"]),
+    ("∂o2/∂a_h1", "{w7}", lambda v: v["w7"]),
+    ("∂o1/∂a_h2", "{w6}", lambda v: v["w6"]),
+    ("∂o2/∂a_h2", "{w8}", lambda v: v["w8"]),
+    ("∂a_h1/∂h1", "{a_h1}·(1 − {a_h1})", lambda v: v["a_h1"] * (1 - v["a_h1"])),
+    ("∂a_h2/∂h2", "{a_h2}·(1 − {a_h2})", lambda v: v["a_h2"] * (1 - v["a_h2"])),
+    ("∂h1/∂w1", "{i1}", lambda v: v["i1"]),
+    ("∂h1/∂w2", "{i2}", lambda v: v["i2"]),
+    ("∂h2/∂w3", "{i1}", lambda v: v["i1"]),
+    ("∂h2/∂w4", "{i2}", lambda v: v["i2"]),
+)
+
+_OUT1 = ("∂E1/∂a_o1", "∂a_o1/∂o1")  # E_total back to o1
+_OUT2 = ("∂E2/∂a_o2", "∂a_o2/∂o2")  # E_total back to o2
+# ∂E_total/∂w = (Σ over the paths from E_total to the weight's node of the product of
+# their local derivatives) · (the product of the rest of the chain), in backward order.
+CHAINS = {
+    "w5": ((_OUT1,), ("∂o1/∂w5",)),
+    "w6": ((_OUT1,), ("∂o1/∂w6",)),
+    "w7": ((_OUT2,), ("∂o2/∂w7",)),
+    "w8": ((_OUT2,), ("∂o2/∂w8",)),
+    "w1": ((_OUT1 + ("∂o1/∂a_h1",), _OUT2 + ("∂o2/∂a_h1",)), ("∂a_h1/∂h1", "∂h1/∂w1")),
+    "w2": ((_OUT1 + ("∂o1/∂a_h1",), _OUT2 + ("∂o2/∂a_h1",)), ("∂a_h1/∂h1", "∂h1/∂w2")),
+    "w3": ((_OUT1 + ("∂o1/∂a_h2",), _OUT2 + ("∂o2/∂a_h2",)), ("∂a_h2/∂h2", "∂h2/∂w3")),
+    "w4": ((_OUT1 + ("∂o1/∂a_h2",), _OUT2 + ("∂o2/∂a_h2",)), ("∂a_h2/∂h2", "∂h2/∂w4")),
+}
+
+
+def local_derivatives(values: dict) -> dict[str, jax.Array]:
+    """Each entry of LOCAL_DERIVATIVES evaluated at `values` (weights, example, forward)."""
+    return {name: fn(values) for name, _, fn in LOCAL_DERIVATIVES}
+
+
+def chain_product(weight: str, factors: dict) -> jax.Array:
+    """∂E_total/∂`weight` as CHAINS writes it, from the local derivatives `factors`."""
+    paths, rest = CHAINS[weight]
+    total = sum(math.prod(factors[f] for f in path) for path in paths)
+    return total * math.prod(factors[f] for f in rest)
+
+
+def _num(value, grouped: bool = True) -> str:
+    """Nine significant digits; a negative number in parentheses where it is a factor."""
+    text = f"{float(value):.9g}"
+    return f"({text})" if grouped and text.startswith("-") else text
+
+
+def _fill(formula: str, values: dict, numbers: bool) -> str:
+    names = re.findall(r"{(\w+)}", formula)
+    return formula.format(**{n: _num(values[n]) if numbers else n for n in names})
+
+
+def _chain_text(weight: str, show) -> str:
+    paths, rest = CHAINS[weight]
+    terms = [ "·".join(show(f) for f in path) for path in paths]
+    head = terms[0] if len(terms) == 1 else "(" + " + ".join(terms) + ")"
+    return "·".join([head] + [show(f) for f in rest])
+
+
+def explain_step(row: dict, after: dict, autodiff: dict, lr: float, step: int) -> str:
+    """Step `step` of gradient descent at learning rate `lr` as a worked example: the
+    forward pass, each ∂E_total/∂w as its chain of local derivatives (beside `autodiff`,
+    jax.grad's value), and each update. `row` holds the weights, biases, example,
+    intermediates and gradients ('dE_d' + name) before the step; `after` the weights
+    after it."""
+    v = {k: float(x) for k, x in row.items()}
+    factors = {k: float(x) for k, x in local_derivatives(v).items()}
+    lines = [f"Step {step} of gradient descent, lr = {lr:g}, biases b1 = {v['b1']:g}, "
+             f"b2 = {v['b2']:g}",
+             "", "Before the step:",
+             f"  inputs  i1 = {_num(v['i1'], False)}, i2 = {_num(v['i2'], False)}; "
+             f"targets t1 = {_num(v['t1'], False)}, t2 = {_num(v['t2'], False)}",
+             "  weights " + ", ".join(f"{k} = {_num(v[k], False)}" for k in WEIGHTS),
+             "", "Forward pass:"]
+    for name, formula in FORWARD_FORMULAS:
+        lines.append(f"  {name:<7} = {_fill(formula, v, False)}"
+                     f" = {_fill(formula, v, True)} = {_num(v[name], False)}")
+    lines += ["", "Local derivatives (each edge of the chain rule):"]
+    for name, formula, _ in LOCAL_DERIVATIVES:
+        symbolic, numeric = _fill(formula, v, False), _fill(formula, v, True)
+        value = _num(factors[name], False)
+        middle = f" = {numeric}" if numeric.strip("()") != value else ""
+        lines.append(f"  {name:<9} = {symbolic}{middle} = {value}")
+    lines += ["", "Backward pass (∂E_total/∂w = the chain of local derivatives; "
+              "jax.grad beside it):"]
+    for w in ("w5", "w6", "w7", "w8", "w1", "w2", "w3", "w4"):
+        hand, auto = v[f"dE_d{w}"], float(autodiff[w])
+        pad = " " * len(f"  ∂E_total/∂{w} ")
+        lines += [f"  ∂E_total/∂{w} = {_chain_text(w, lambda f: f)}",
+                  f"{pad}= {_chain_text(w, lambda f: _num(factors[f]))}",
+                  f"{pad}= {_num(hand, False)}   (jax.grad: {_num(auto, False)}, "
+                  f"difference {hand - auto:.2g})"]
+    lines += ["", f"Update (w ← w − lr·∂E_total/∂w, lr = {lr:g}):"]
+    for w in WEIGHTS:
+        lines.append(f"  {w} ← {w} − lr·∂E_total/∂{w} = {_num(v[w])} − {lr:g}·{_num(v[f'dE_d{w}'])}"
+                     f" = {_num(after[w], False)}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------
 # The same chain rule in matrix form, for any layer widths.
 
 
@@ -247,8 +376,94 @@ def plot_error(lrs, hist, path: Path) -> None:
     plt.close(fig)
 
 
+# Where each node sits in the picture (x: layer, y: row) and which edge each weight is.
+_NODE_XY = {"i1": (0, 1), "i2": (0, 0), "h1": (1, 1), "h2": (1, 0), "o1": (2, 1), "o2": (2, 0)}
+_EDGES = {"w1": ("i1", "h1"), "w2": ("i2", "h1"), "w3": ("i1", "h2"), "w4": ("i2", "h2"),
+          "w5": ("h1", "o1"), "w6": ("h2", "o1"), "w7": ("h1", "o2"), "w8": ("h2", "o2")}
+
+
+def draw_network(row: dict, path: Path, title: str) -> None:
+    """The 2-2-2 net as the worked example draws it: inputs, hidden and output nodes with
+    their values, each of the eight edges with its weight and ∂E_total/∂w at `row`."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    v = {k: float(x) for k, x in row.items()}
+    fig = Figure(figsize=(11, 6.2))
+    ax = fig.add_subplot()
+    ax.set(xlim=(-0.45, 3.15), ylim=(-0.55, 1.55), aspect="equal", title=title)
+    ax.axis("off")
+    node_text = {
+        "i1": f"i1 = {v['i1']:.6g}", "i2": f"i2 = {v['i2']:.6g}",
+        "h1": f"h1 = {v['h1']:.6g}\na_h1 = {v['a_h1']:.6g}",
+        "h2": f"h2 = {v['h2']:.6g}\na_h2 = {v['a_h2']:.6g}",
+        "o1": f"o1 = {v['o1']:.6g}\na_o1 = {v['a_o1']:.6g}",
+        "o2": f"o2 = {v['o2']:.6g}\na_o2 = {v['a_o2']:.6g}",
+    }
+    colours = {"i": "#dbe9f6", "h": "#fde8c8", "o": "#d9f0d3"}
+    for w, (a, b) in _EDGES.items():
+        (x0, y0), (x1, y1) = _NODE_XY[a], _NODE_XY[b]
+        ax.annotate("", (x1 - 0.13 * (x1 - x0), y1 - 0.13 * (y1 - y0)), (x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", color="0.45", lw=1.2, shrinkA=14))
+        # Crossing edges get their labels near their start, where they are apart.
+        f = 0.5 if y0 == y1 else 0.27
+        ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0) + (0.07 if y0 == y1 else 0),
+                f"{w} = {v[w]:.6g}\n∂E/∂{w} = {v['dE_d' + w]:.4g}", ha="center",
+                va="bottom" if y0 == y1 else "center", fontsize=8.5,
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.8"))
+    for name, (x, y) in _NODE_XY.items():
+        ax.add_patch(Circle((x, y), 0.11, fc=colours[name[0]], ec="0.3", zorder=3))
+        ax.text(x, y, name, ha="center", va="center", fontsize=11, weight="bold", zorder=4)
+        ax.text(x, y + (0.16 if y else -0.16), node_text[name], ha="center",
+                va="bottom" if y else "top", fontsize=8.5, zorder=4)
+    for k, y in (("1", 1), ("2", 0)):
+        ax.annotate("", (2.55, y), (2.11, y), arrowprops=dict(arrowstyle="-|>", color="0.45"))
+        ax.text(2.6, y, f"t{k} = {v['t' + k]:.6g}\nE{k} = ½(t{k} − a_o{k})²\n"
+                f"   = {v['E' + k]:.6g}", va="center", fontsize=8.5)
+    ax.text(2.6, 0.5, f"E_total = {v['E_total']:.6g}", va="center", fontsize=9.5,
+            weight="bold")
+    if v["b1"] or v["b2"]:
+        ax.text(1.5, -0.5, f"biases (fixed): b1 = {v['b1']:g} into h1, h2; "
+                f"b2 = {v['b2']:g} into o1, o2", ha="center", fontsize=8.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def history_row(hist: dict, x: dict, lr_index: int, iteration: int) -> dict[str, float]:
+    """Everything at one iteration of one learning rate's run, with the example."""
+    row = {k: float(v[lr_index, iteration]) for k, v in jax.device_get(hist).items()}
+    return {**{k: float(v) for k, v in x.items()}, **row}
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)`, then rename: a failure leaves no half-written file at `path`."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def explain(params: dict, x: dict, lr: float, step: int, out: Path) -> str:
+    """The worked text of step `step` at `lr` (from the same `gradient_descent` run as
+    history.csv), and its picture drawn to `out`/network.png."""
+    hist = gradient_descent(params, x, jnp.asarray([lr]), step)
+    row = history_row(hist, x, 0, step - 1)
+    after = history_row(hist, x, 0, step)
+    before = {k: jnp.asarray(row[k]) for k in PARAMS}
+    autodiff = jax.grad(loss)(before, x)
+    _write_atomically(out / "network.png", lambda tmp: draw_network(
+        row, tmp, f"Step {step} at lr {lr:g}: values before the update, ∂E_total/∂w on each edge"))
+    return explain_step(row, after, autodiff, lr, step)
+
+
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, UsageError, check_writable_dir, fail, positive_int
+    from jaxmnist.cli import (
+        ArgumentParser,
+        UsageError,
+        check_writable_dir,
+        fail,
+        positive_float,
+        positive_int,
+    )
 
     prog = "python -m jaxmnist.backprop"
     p = ArgumentParser(prog=prog, description="Train the 2-2-2 net by hand-derived gradients.")
@@ -259,7 +474,19 @@ def main(argv=None) -> int:
     p.add_argument("--biases", type=_parse_biases, default=None, metavar="B1,B2",
                    help="fixed biases, e.g. 0.35,0.60 (default: none)")
     p.add_argument("--out", default="runs/backprop", help="output directory")
+    p.add_argument("--explain", action="store_true",
+                   help="print one step worked out (forward pass, chain rule, update) and "
+                        "draw it to OUT/network.png")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="with --explain: the learning rate (default 0.5)")
+    p.add_argument("--step", type=positive_int, default=None, metavar="N",
+                   help="with --explain: which step, 1 to --steps (default 1, the first)")
     args = p.parse_args(argv)
+    if not args.explain and (args.lr is not None or args.step is not None):
+        p.error("--lr and --step go with --explain (the study's learning rates are --lrs)")
+    step = args.step or 1
+    if step > args.steps:
+        p.error(f"--step {step} is beyond --steps {args.steps}")
     out = Path(args.out)
     try:
         check_writable_dir(out)
@@ -269,26 +496,36 @@ def main(argv=None) -> int:
     # Float64 throughout: the CSV is the spreadsheet view and checks to the last digit.
     jax.config.update("jax_enable_x64", True)
     params = init_params(biases=args.biases or (0.0, 0.0))
-    hist = gradient_descent(params, example(), jnp.asarray(args.lrs), args.steps)
-    columns, rows = history_rows(args.lrs, hist)
+    x = example()
+    if args.explain:
+        out.mkdir(parents=True, exist_ok=True)
+        print(explain(params, x, args.lr or 0.5, step, out), end="")
+        print(f"wrote {out / 'network.png'}")
+        return 0
 
+    hist = gradient_descent(params, x, jnp.asarray(args.lrs), args.steps)
+    columns, rows = history_rows(args.lrs, hist)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows(rows)
     out.mkdir(parents=True, exist_ok=True)
-    # Write to temporary names, then rename: a failure leaves no half-written file.
-    tmp_csv, tmp_png = out / ".history.csv.tmp", out / ".error_vs_iterations.tmp.png"
-    tmp_csv.write_text(buf.getvalue())
-    plot_error(args.lrs, hist, tmp_png)
-    os.replace(tmp_csv, out / "history.csv")
-    os.replace(tmp_png, out / "error_vs_iterations.png")
+    _write_atomically(out / "history.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+    _write_atomically(out / "error_vs_iterations.png",
+                      lambda tmp: plot_error(args.lrs, hist, tmp))
+    # Iteration 0 is the same for every learning rate.
+    _write_atomically(out / "network.png", lambda tmp: draw_network(
+        history_row(hist, x, 0, 0), tmp,
+        "Before the first step: values, and ∂E_total/∂w on each edge"))
 
     error = jax.device_get(hist["E_total"])
-    print(f"{'lr':>6}  {'E_total at 0':>14}  {f'E_total at {args.steps}':>16}")
-    for i, lr in enumerate(args.lrs):
-        print(f"{lr:>6g}  {error[i, 0]:>14.9f}  {error[i, -1]:>16.9f}")
-    print(f"wrote {out / 'history.csv'} and {out / 'error_vs_iterations.png'}")
+    table = [f"{'lr':>6}  {'E_total at 0':>14}  {f'E_total at {args.steps}':>16}"]
+    table += [f"{lr:>6g}  {error[i, 0]:>14.9f}  {error[i, -1]:>16.9f}"
+              for i, lr in enumerate(args.lrs)]
+    _write_atomically(out / "final_error.txt", lambda tmp: tmp.write_text("\n".join(table) + "\n"))
+    print("\n".join(table))
+    print(f"wrote {out / 'history.csv'}, {out / 'error_vs_iterations.png'}, "
+          f"{out / 'network.png'} and {out / 'final_error.txt'}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Part A: the hand-derived gradients against jax.grad, and the published worked example."""
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -171,7 +172,19 @@ def test_cli_writes_history_and_plot(tmp_path):
     assert float(rows[0]["E_total"]) == pytest.approx(0.2983711087600027, rel=1e-15)
     png = (out / "error_vs_iterations.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    network = (out / "network.png").read_bytes()
+    assert network[:8] == b"\x89PNG\r\n\x1a\n" and len(network) > 20_000
     assert "0.298371109" in r.stdout
+
+
+def run_main(capsys, *args):
+    """`python -m jaxmnist.backprop ARGS` in this process: (exit code, stdout, stderr)."""
+    try:
+        code = bp.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -182,13 +195,110 @@ def test_cli_writes_history_and_plot(tmp_path):
     (["--steps", "ten"], "expected a whole number"),
     (["--biases", "0.35"], "expected B1,B2"),
     (["--nope"], "unrecognized arguments"),
+    (["--explain", "--step", "501"], "--step 501 is beyond --steps 500"),
+    (["--explain", "--steps", "5", "--step", "6"], "--step 6 is beyond --steps 5"),
+    (["--explain", "--step", "0"], "must be > 0"),
+    (["--explain", "--lr", "0"], "must be a finite number > 0"),
+    (["--explain", "--lr", "-0.5"], "must be a finite number > 0"),
+    (["--lr", "0.5"], "--lr and --step go with --explain"),
+    (["--step", "2"], "--lr and --step go with --explain"),
 ])
-def test_cli_rejects_bad_input(tmp_path, args, message):
+def test_cli_rejects_bad_input(tmp_path, capsys, args, message):
     out = tmp_path / "bp"
-    r = run_cli(*args, "--out", str(out))
-    assert r.returncode == 2
-    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, stdout, stderr = run_main(capsys, *args, "--out", str(out))
+    assert code == 2
+    assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("python -m jaxmnist.backprop: error: ")
     assert not out.exists()
+
+
+def explained_texts(text: str) -> dict[str, list[str]]:
+    """name -> the number after the last '=' of each line that starts with that name
+    ('grad' and 'jax.grad': the two values of each backward-pass result line)."""
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        m = re.match(r"\s+(\S+)\s+(?:=|←).*= (-?[0-9.e+-]+)$", line)
+        if m:
+            values.setdefault(m.group(1), []).append(m.group(2))
+        m = re.match(r"\s+= (\S+)\s+\(jax\.grad: (\S+), difference (\S+)\)", line)
+        if m:
+            values.setdefault("grad", []).append(m.group(1))
+            values.setdefault("jax.grad", []).append(m.group(2))
+    return values
+
+
+def explained_values(text: str) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vs] for k, vs in explained_texts(text).items()}
+
+
+def assert_digits_agree(printed: str, published: str):
+    """The printed and the published figure agree to the digits both give (the printout
+    has nine significant digits, the published example up to nine decimals)."""
+    assert len(printed.replace(".", "").lstrip("0")) <= 9, printed
+    d = min(decimals(printed) if "." in printed else 0, decimals(published))
+    assert round(float(printed), d) == pytest.approx(round(float(published), d), abs=1e-12), (
+        f"printed {printed} and published {published} differ at {d} decimals")
+
+
+def test_explain_prints_what_the_code_computes(tmp_path, capsys):
+    """Step 3 at lr 0.8: every printed value against forward / manual_grads / jax.grad at
+    the weights history.csv holds before the step, and the updates against the row after."""
+    code, text, _ = run_main(capsys, "--explain", "--lr", "0.8", "--step", "3",
+                             "--out", str(tmp_path / "x"))
+    assert code == 0
+    assert text.startswith("Step 3 of gradient descent, lr = 0.8")
+    code, _, _ = run_main(capsys, "--lrs", "0.8", "--steps", "5", "--out", str(tmp_path / "h"))
+    assert code == 0
+    rows = [r for r in csv.DictReader((tmp_path / "h" / "history.csv").open())]
+    before, after = rows[2], rows[3]  # iterations 2 and 3: step 3 goes from one to the other
+    p = {k: jnp.asarray(float(before[k])) for k in bp.PARAMS}
+    x = bp.example(jnp.float64)
+    f = bp.forward(p, x)
+    manual = bp.manual_grads(p, x)
+    auto = jax.grad(bp.loss)(p, x)
+    got = explained_values(text)
+    for name in bp.INTERMEDIATES:
+        assert got[name] == [pytest.approx(float(f[name]), rel=1e-8)], name
+        assert got[name][0] == pytest.approx(float(before[name]), rel=1e-8), name
+    values = {**{k: float(v) for k, v in p.items()}, **{k: float(v) for k, v in x.items()},
+              **{k: float(v) for k, v in f.items()}}
+    factors = bp.local_derivatives(values)
+    for name, value in factors.items():
+        assert got[name] == [pytest.approx(value, rel=1e-8)], name
+    order = ("w5", "w6", "w7", "w8", "w1", "w2", "w3", "w4")
+    assert got["grad"] == [pytest.approx(float(manual[w]), rel=1e-8) for w in order]
+    assert got["grad"] == [pytest.approx(float(before[f"dE_d{w}"]), rel=1e-8) for w in order]
+    assert got["jax.grad"] == [pytest.approx(float(auto[w]), rel=1e-8) for w in order]
+    for w in bp.WEIGHTS:  # "w1 ← w1 − lr·∂E/∂w1 = … = new"
+        assert got[w] == [pytest.approx(float(after[w]), rel=1e-8)], w
+    png = (tmp_path / "x" / "network.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_chains_multiply_out_to_the_hand_gradients():
+    """Each weight's printed chain (CHAINS over LOCAL_DERIVATIVES) is manual_grads'."""
+    for seed in range(10):
+        params, x = random_point(jax.random.key(seed), biases=seed % 2 == 1)
+        values = {**params, **x, **bp.forward(params, x)}
+        factors = bp.local_derivatives(values)
+        manual = bp.manual_grads(params, x)
+        for w in bp.WEIGHTS:
+            np.testing.assert_allclose(bp.chain_product(w, factors), manual[w], rtol=1e-12)
+
+
+def test_explain_is_the_published_worked_example(tmp_path, capsys):
+    code, text, _ = run_main(capsys, "--explain", "--biases", "0.35,0.60",
+                             "--out", str(tmp_path))
+    assert code == 0
+    assert "Step 1 of gradient descent, lr = 0.5, biases b1 = 0.35, b2 = 0.6" in text
+    got = explained_texts(text)
+    for name, published in PUBLISHED_FORWARD.items():
+        assert_digits_agree(got[name][0], published)
+    grads = dict(zip(("w5", "w6", "w7", "w8", "w1", "w2", "w3", "w4"), got["grad"]))
+    assert_digits_agree(grads["w5"], "0.082167041")
+    assert_digits_agree(grads["w1"], "0.000438568")
+    for name, published in PUBLISHED_AFTER_ONE_STEP.items():
+        assert_digits_agree(got[name][0], published)
 
 
 def test_cli_rejects_unwritable_out(tmp_path):
