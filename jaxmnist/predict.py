@@ -24,12 +24,21 @@ def to_mnist(image) -> np.ndarray:
     """A PIL image -> (28, 28) float32 in [0, 1], white digit on black, MNIST-centred."""
     from PIL import Image, ImageOps
 
-    if image.mode in ("RGBA", "LA", "P"):
-        # Transparent pixels count as background: composite onto white.
-        image = image.convert("RGBA")
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, image)
-    gray = np.asarray(ImageOps.grayscale(image), np.float32) / 255.0
+    # Upright as a viewer shows it: phone cameras store pixels sideways plus an EXIF tag.
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # 16-bit and other high-depth grayscale: scaled by the image's own value range
+        # (converting to 8 bits would clip every value above 255).
+        gray = np.asarray(image, np.float64)
+        lo, hi = gray.min(), gray.max()
+        gray = ((gray - lo) / (hi - lo) if hi > lo else gray * 0).astype(np.float32)
+    else:
+        if image.mode in ("RGBA", "LA", "PA", "P"):
+            # Transparent pixels count as background: composite onto white.
+            image = image.convert("RGBA")
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image)
+        gray = np.asarray(ImageOps.grayscale(image), np.float32) / 255.0
 
     def background(a):
         return np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]))

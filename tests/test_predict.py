@@ -1,5 +1,6 @@
 """`python -m jaxmnist.predict` on digits the test saves itself, with the committed model."""
 
+import io
 import re
 import subprocess
 import sys
@@ -39,22 +40,69 @@ def test_blank_image_is_an_error():
         predict.to_mnist(Image.new("L", (50, 50), 255))
 
 
+def a_seven(size=(60, 80)):
+    """A light-on-dark 7, not symmetric under any rotation."""
+    image = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(image)
+    draw.line([(10, 10), (50, 10), (25, 70)], fill=255, width=7)
+    return image
+
+
+def test_exif_orientation_is_applied_before_anything_else():
+    upright = a_seven()
+    # Pixels stored a quarter turn left, with the EXIF tag (6) that says "turn right to view".
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    plain = io.BytesIO()
+    upright.save(plain, "JPEG", quality=95)
+    got, want = predict.decode_image(buf.getvalue()), predict.decode_image(plain.getvalue())
+    assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() < 0.2
+    sideways = predict.to_mnist(stored)
+    assert np.abs(sideways - want).max() > 0.5  # the tag is what turned it upright
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_depth_images_are_scaled_by_their_range_not_clipped(mode):
+    seven = np.asarray(a_seven(), np.float64) / 255.0
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    scale = {"I;16": 65535, "I": 65535, "F": 1.0}[mode]
+    deep = Image.fromarray((seven * scale).astype(dtype), mode if mode != "I;16" else None)
+    assert deep.mode == mode
+    buf = io.BytesIO()
+    deep.save(buf, "PNG" if mode == "I;16" else "TIFF")  # PNG holds 16 bits at most
+    want = predict.to_mnist(a_seven())
+    np.testing.assert_allclose(predict.decode_image(buf.getvalue()), want, atol=0.02)
+
+
 def test_predicts_mnist_test_digits_saved_as_other_images(mnist_splits, tmp_path):
     _, test = mnist_splits
     images, labels = np.asarray(test.images[:30, ..., 0]), np.asarray(test.labels[:30])
     paths = []
     for i, (img, label) in enumerate(zip(images, labels)):
         pil = Image.fromarray(img)
-        if i % 3 == 0:  # dark on light, 4x larger, PNG
+        save = {}
+        if i % 5 == 0:  # dark on light, 4x larger, PNG
             pil = Image.fromarray(255 - img).resize((112, 112), Image.Resampling.BICUBIC)
             path = tmp_path / f"{i}_{label}.png"
-        elif i % 3 == 1:  # light on dark, 50x50 JPEG, in a wider canvas
+        elif i % 5 == 1:  # light on dark, 50x50 JPEG, in a wider canvas
             canvas = Image.new("L", (90, 50), 0)
             canvas.paste(pil.resize((50, 50)), (30, 0))
             pil, path = canvas, tmp_path / f"{i}_{label}.jpg"
-        else:  # RGB, original size
+        elif i % 5 == 2:  # RGB, original size
             pil, path = pil.convert("RGB"), tmp_path / f"{i}_{label}.bmp"
-        pil.save(path)
+        elif i % 5 == 3:  # as a phone writes it: pixels sideways, an EXIF orientation tag
+            pil = Image.fromarray(255 - img).resize((112, 112)).convert("RGB")
+            pil = pil.transpose(Image.Transpose.ROTATE_270)
+            exif = Image.Exif()
+            exif[0x0112] = 8  # "turn a quarter left to view"
+            path, save = tmp_path / f"{i}_{label}.jpg", {"exif": exif.tobytes()}
+        else:  # as a scanner writes it: 16-bit grayscale PNG
+            pil = Image.fromarray(img.astype(np.uint16) * 257)
+            path = tmp_path / f"{i}_{label}.png"
+        pil.save(path, **save)
         paths.append(path)
     r = run_predict("--run", str(RUN), *map(str, paths))
     assert r.returncode == 0, r.stderr
