@@ -22,9 +22,10 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
+import socket
 import struct
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,6 +199,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Where the array_record copy goes when a TFDS data dir already holds TensorFlow's
+# TFRecord `mnist` (left exactly as it is: other TensorFlow projects read it).
+ARRAY_RECORD_SUBDIR = "jaxmnist-array_record"
+
+
 def mnist_builder(
     data_dir: str | os.PathLike | None = None,
     tfds_dir: str | os.PathLike | None = None,
@@ -207,28 +213,63 @@ def mnist_builder(
 
     Prepares it once: from the IDX files in `data_dir` (default `$JAXMNIST_DATA_DIR`),
     verified before anything is written, or, with neither, downloaded by TFDS. A
-    `mnist` prepared earlier as TFRecord (which needs TensorFlow to read) is prepared
-    again as array_record, saying so on stderr. Returns the prepared builder."""
+    `mnist` prepared there as TFRecord (which needs TensorFlow to read) is left as it
+    is; the array_record copy then goes to `ARRAY_RECORD_SUBDIR` inside that data dir,
+    saying so on stderr when it is first prepared. Returns the prepared builder."""
     import tensorflow_datasets as tfds
 
     MNIST = _builder_class()
     data_dir = data_dir or os.environ.get("JAXMNIST_DATA_DIR") or None
     builder = MNIST(data_dir=tfds_dir)
-    stale = None
     if builder.is_prepared():
         if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
             return builder
-        stale = Path(builder.data_dir)
-        print(f"jaxmnist: {stale} holds mnist as {builder.info.file_format.value}, which "
-              "needs TensorFlow to read; preparing it again as array_record", file=sys.stderr)
+        other, file_format = Path(builder.data_dir), builder.info.file_format.value
+        tfds_dir = other.parents[1] / ARRAY_RECORD_SUBDIR  # other: <data dir>/mnist/<version>
+        builder = MNIST(data_dir=tfds_dir)
+        if builder.is_prepared():
+            return builder
+        print(f"jaxmnist: {other} holds mnist as {file_format} (TensorFlow's format), left "
+              f"as it is; preparing an array_record copy in {tfds_dir}", file=sys.stderr)
     arrays = read_idx_dir(data_dir, sha256) if data_dir else None
-    if stale is not None:
-        shutil.rmtree(stale)
+    if arrays is None:
+        check_reachable(MNIST.URL)
     builder = MNIST(arrays=arrays, sha256=sha256, data_dir=tfds_dir)
     # TFDS writes into a temporary directory and renames it when complete, so a
     # failure here leaves no half-prepared dataset behind.
-    builder.download_and_prepare(file_format="array_record")
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except _connection_errors() as e:
+        raise DownloadError(MNIST.URL, e) from None
     return builder
+
+
+class DownloadError(DataError):
+    """MNIST could not be downloaded (no local copy was given)."""
+
+    def __init__(self, url: str, reason):
+        self.url = url
+        host = urllib.parse.urlsplit(url).hostname
+        super().__init__(
+            f"cannot download MNIST: {host} cannot be reached ({reason}); connect to the "
+            f"internet, or use a local copy: a folder with the four IDX files "
+            f"({', '.join(IDX_FILES.values())})")
+
+
+def check_reachable(url: str) -> None:
+    """Raises DownloadError at once when `url`'s host name does not resolve (TFDS
+    would retry every download for minutes first)."""
+    host = urllib.parse.urlsplit(url).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        raise DownloadError(url, f"name lookup failed: {e}") from None
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import requests  # TFDS downloads through requests
+
+    return (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
 @dataclass(frozen=True)

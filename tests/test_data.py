@@ -3,7 +3,9 @@
 import gzip
 import hashlib
 import json
+import socket
 import struct
+from pathlib import Path
 
 import chex
 import jax
@@ -110,7 +112,12 @@ def test_local_builder_prepares_tfds_mnist_once_as_array_record(fixture_dir, tmp
     assert got == want
 
 
-def test_tfrecord_mnist_is_prepared_again_with_one_line(fixture_dir, tmp_path, capsys):
+def tree_snapshot(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+            if f.is_file()}
+
+
+def test_a_tfrecord_mnist_is_left_as_it_is(fixture_dir, tmp_path, capsys):
     folder, digests, _ = fixture_dir
     tfds_dir = tmp_path / "tfds"
     data.mnist_builder(folder, tfds_dir, sha256=digests)
@@ -119,14 +126,52 @@ def test_tfrecord_mnist_is_prepared_again_with_one_line(fixture_dir, tmp_path, c
     info = tfds_dir / "mnist" / "3.0.1" / "dataset_info.json"
     meta = json.loads(info.read_text())
     info.write_text(json.dumps({**meta, "fileFormat": "tfrecord"}))
+    before = tree_snapshot(tfds_dir / "mnist")
     builder = data.mnist_builder(folder, tfds_dir, sha256=digests)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("jaxmnist:")]
-    assert len(lines) == 1 and "tfrecord" in lines[0] and "again as array_record" in lines[0]
+    side = tfds_dir / data.ARRAY_RECORD_SUBDIR
+    assert len(lines) == 1, err
+    assert "tfrecord" in lines[0] and "left as it is" in lines[0] and str(side) in lines[0]
     assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    assert Path(builder.data_dir).is_relative_to(side)
+    assert tree_snapshot(tfds_dir / "mnist") == before  # not a byte changed
+    # Later runs read the copy, saying nothing.
     train, _ = data.load_mnist(folder, tfds_dir)
     assert len(train) == 12
-    assert json.loads(info.read_text())["fileFormat"] == "array_record"
+    assert not [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("jaxmnist:")]
+    assert tree_snapshot(tfds_dir / "mnist") == before
+
+
+def test_an_unreachable_download_host_is_one_error_at_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXMNIST_DATA_DIR", raising=False)
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(data.DownloadError) as raised:
+        data.mnist_builder(None, tmp_path / "tfds")
+    message = str(raised.value)
+    assert "cannot download MNIST: storage.googleapis.com cannot be reached" in message
+    assert "connect to the internet" in message and "train-images-idx3-ubyte.gz" in message
+    assert "\n" not in message
+    assert not (tmp_path / "tfds" / "mnist").exists()
+
+
+def test_a_refused_download_is_the_same_error(tmp_path, monkeypatch):
+    import requests
+
+    monkeypatch.delenv("JAXMNIST_DATA_DIR", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])
+
+    def refuse(self, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(data.MNIST, "download_and_prepare", refuse)
+    with pytest.raises(data.DownloadError, match="cannot be reached .Connection refused"):
+        data.mnist_builder(None, tmp_path / "tfds")
 
 
 def test_validation_split_is_held_out_of_train(fixture_dir, tmp_path):
