@@ -2,44 +2,53 @@
 PYTHON ?= python3
 VENV   := .venv
 ifeq ($(NO_VENV),1)
-# Use $(PYTHON)'s own environment instead of .venv (e.g. Colab's, whose jax drives its TPU).
-BIN    := $(patsubst %/,%,$(dir $(PYTHON)))
+# $(PYTHON)'s own environment instead of .venv (e.g. Colab's, whose jax drives its TPU).
+PY     := $(PYTHON)
 STAMP  := .installed-no-venv
 else
-BIN    := $(VENV)/bin
+PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 endif
 
-# Offline MNIST: a folder with the four IDX .gz files. Unset and absent, TFDS downloads it.
+# Offline MNIST: a folder with the four IDX .gz files; by default the local copy beside
+# the checkout, where there is one. Unset and absent, TFDS downloads it.
 JAXMNIST_DATA_DIR ?= $(wildcard ../shared/datasets/mnist)
 export JAXMNIST_DATA_DIR
 
 ARGS ?=
 
 # The oldest versions tested: a Python whose jax is the floor (as a runtime brings its
-# own), jaxmnist installed into it keeping that jax, everything else pinned to the floors.
+# own), jaxmnist installed into it keeping that jax, everything else pinned to the floors;
+# every test, the slow ones too.
 FLOORS_VENV := .venv-floors
 FLOORS      := .ci/floors.txt
 
-.PHONY: install test test-floors train train-tiny serve train-fast train-seed backprop bench compare lint clean
+.PHONY: install test test-slow test-floors train train-tiny serve train-fast train-seed backprop bench lint clean
 
 ifeq ($(NO_VENV),1)
-# Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py).
-$(STAMP):
-	$(PYTHON) -c "import flax, tensorflow_datasets" 2>/dev/null \
-	  || $(PYTHON) -m jaxmnist.runtime_install --quiet
+# Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py); with the
+# test tools, as `make test` needs them.
+$(STAMP): pyproject.toml
+	$(PY) -c "import jaxmnist, flax, tensorflow_datasets, pytest, ruff" 2>/dev/null \
+	  || $(PY) -m jaxmnist.runtime_install --target '.[dev]' --quiet
+	touch $@
 else
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 endif
 
 install: $(STAMP)
 
+# The suite without the slow end-to-end tests (a few minutes on 2 cores) ...
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# ... and those: several processes, kill and resume, the notebook, the browser, real-data runs.
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 test-floors:
 	rm -rf $(FLOORS_VENV)
@@ -51,31 +60,32 @@ test-floors:
 	$(FLOORS_VENV)/bin/python -m pytest $(FLOORS_PYTEST_ARGS)
 
 train: $(STAMP)
-	$(BIN)/python -m jaxmnist.train --recipe default $(ARGS)
+	$(PY) -m jaxmnist.train --recipe default $(ARGS)
 
 train-fast: $(STAMP)
-	$(BIN)/python -m jaxmnist.train --recipe fast $(ARGS)
+	$(PY) -m jaxmnist.train --recipe fast $(ARGS)
 
 train-tiny: $(STAMP)
-	$(BIN)/python -m jaxmnist.train --recipe tiny $(ARGS)
+	$(PY) -m jaxmnist.train --recipe tiny $(ARGS)
 
 train-seed: $(STAMP)
-	$(BIN)/python -m jaxmnist.train --recipe seed $(ARGS)
+	$(PY) -m jaxmnist.train --recipe seed $(ARGS)
 
 # Part A's study into runs/backprop/; OUT=experiments/results/backprop refreshes the committed one.
 backprop: $(STAMP)
-	$(BIN)/python -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out $(or $(OUT),runs/backprop)
+	$(PY) -m jaxmnist.backprop --lrs 0.1,0.2,0.5,0.8,1,2 --out $(or $(OUT),runs/backprop)
 
 # Draw a digit for a trained run: RUN=runs/default make serve (default: the committed run).
 RUN ?= experiments/results/default
 serve: $(STAMP)
-	$(BIN)/python -m jaxmnist.serve --run $(RUN) $(ARGS)
+	$(PY) -m jaxmnist.serve --run $(RUN) $(ARGS)
 
+# Appends to runs/bench.jsonl; OUT=experiments/results/bench.jsonl records a committed figure.
 bench: $(STAMP)
-	$(BIN)/python -m jaxmnist.bench $(ARGS)
+	$(PY) -m jaxmnist.bench --out $(or $(OUT),runs/bench.jsonl) $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check jaxmnist tests experiments
+	$(PY) -m ruff check jaxmnist tests experiments
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -456,14 +456,8 @@ def explain(params: dict, x: dict, lr: float, step: int, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import (
-        ArgumentParser,
-        UsageError,
-        check_writable_dir,
-        fail,
-        positive_float,
-        positive_int,
-    )
+    from jaxmnist.cli import ArgumentParser, positive_float, positive_int, report
+    from jaxmnist.rundir import check_writable_dir
 
     prog = "python -m jaxmnist.backprop"
     p = ArgumentParser(prog=prog, description="Train the 2-2-2 net by hand-derived gradients.")
@@ -490,8 +484,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     try:
         check_writable_dir(out)
-    except UsageError as e:
-        fail(prog, str(e))
+    except ValueError as e:
+        return report(prog, e)
 
     # Float64 throughout: the CSV is the spreadsheet view and checks to the last digit.
     jax.config.update("jax_enable_x64", True)

@@ -3,7 +3,7 @@
 Times a recipe's jitted train step (default: the seed recipe; dropout on, SGD with momentum)
 and the eval step on synthetic MNIST-shaped batches already on the device, so that
 only the step is timed. Compilation is timed apart. Prints one JSON object and
-appends it to experiments/results/bench.jsonl (with the date, jax version and commit).
+appends it (with the date, jax version and commit) to `--out` (default runs/bench.jsonl).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import jax.numpy as jnp
 
 from jaxmnist import configs, train
 from jaxmnist.models import count_params
+from jaxmnist.rundir import check_writable_dir
 
-RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "bench.jsonl"
+DEFAULT_OUT = "runs/bench.jsonl"
 
 
 def _git_commit() -> str | None:
@@ -101,7 +102,7 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
         "batch_size": config.batch_size,
         "arch": config.arch,
         "params": count_params(state.params),
-        "fast_kernels": config.fast_kernels,
+        "fast_kernels": train.uses_fast_kernels(config),
         "steps": steps,
         "steps_per_call": scan,
         "compiler_options": "xla-defaults" if xla_defaults else "jaxmnist",
@@ -109,7 +110,7 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, architecture, positive_int
+    from jaxmnist.cli import ArgumentParser, architecture, positive_int, report
 
     p = ArgumentParser(prog="python -m jaxmnist.bench", description=__doc__.splitlines()[0])
     p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="seed",
@@ -118,27 +119,39 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=positive_int, default=100, help="timed train steps")
     p.add_argument("--eval-steps", type=positive_int, default=20, help="timed eval batches")
     p.add_argument("--batch-size", type=positive_int, help="default: the recipe's")
-    p.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction,
-                   default=True, help="jaxmnist.kernels (default) or plain Flax layers")
+    p.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="jaxmnist.kernels or plain Flax layers (default: the kernels on CPU "
+                        "only)")
     p.add_argument("--scan", type=positive_int, default=1, metavar="K",
                    help="time K steps per jitted call, looped by lax.scan (default 1: "
                    "a Python loop, as jaxmnist.train does)")
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile with XLA's default options (on CPU: YNNPACK convolutions) "
                    "instead of jaxmnist's")
-    p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="FILE",
+                   help=f"append the result to this JSON-lines file (default {DEFAULT_OUT})")
+    p.add_argument("--no-record", action="store_true", help="only print the result")
     args = p.parse_args(argv)
-    config = configs.RECIPES[args.recipe]()
-    config = dataclasses.replace(config, batch_size=args.batch_size or config.batch_size,
-                                 arch=args.arch or config.arch, fast_kernels=args.fast_kernels)
+    out = Path(args.out)
+    try:
+        if not args.no_record:
+            check_writable_dir(out.parent)
+            if out.is_dir():
+                raise ValueError(f"{str(out)!r} is a directory, not a file")
+        config = configs.RECIPES[args.recipe]()
+        config = dataclasses.replace(config, batch_size=args.batch_size or config.batch_size,
+                                     arch=args.arch or config.arch,
+                                     fast_kernels=args.fast_kernels)
+    except ValueError as e:
+        return report("python -m jaxmnist.bench", e)
     result = bench(config, args.steps, args.eval_steps, args.scan, args.xla_defaults)
     result.update(recipe=args.recipe,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   jax=jax.__version__, commit=_git_commit())
     print(json.dumps(result))
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
             f.write(json.dumps(result) + "\n")
     return 0
 

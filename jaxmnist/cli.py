@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
+class UsageError(ValueError):
+    """Bad input on the command line: reported as one line, exit code 2."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -20,9 +18,30 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def fail(prog: str, message: str) -> NoReturn:
+def print_error(prog: str, message: str) -> None:
+    """`prog: error: message`, one line on stderr: how every command reports a failure."""
     print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    print_error(prog, message)
     raise SystemExit(2)
+
+
+def flag_message(error: ValueError) -> str:
+    """The error's message, naming the flag where it is about a config field."""
+    field = getattr(error, "field", None)
+    if field is None:
+        return str(error)
+    return f"--{field.replace('_', '-')} {error.reason}"
+
+
+def report(prog: str, error: Exception) -> int:
+    """Prints the one stderr line for an error the library raised and returns the exit
+    code: 2 for bad input (a ValueError: a config, a run directory, data, an image), 1
+    otherwise (a diverged run, a disk that failed)."""
+    print_error(prog, flag_message(error) if isinstance(error, ValueError) else str(error))
+    return 2 if isinstance(error, ValueError) else 1
 
 
 def _number(text: str, cast, what: str):
@@ -30,6 +49,14 @@ def _number(text: str, cast, what: str):
         return cast(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def whole_number(text: str) -> int:
+    return _number(text, int, "a whole number")
+
+
+def number(text: str) -> float:
+    return _number(text, float, "a number")
 
 
 def positive_int(text: str) -> int:
@@ -69,22 +96,6 @@ def architecture(text: str) -> str:
     except ArchError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return " ".join(text.split())
-
-
-def check_writable_dir(path: str | os.PathLike) -> Path:
-    """Checks that `path` is, or can be created as, a writable directory. Creates nothing."""
-    path = Path(path)
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(
-            f"cannot create directory {str(path)!r}: {str(probe)!r} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"directory {str(probe)!r} is not writable")
-    return path
 
 
 def quiet_libraries() -> None:

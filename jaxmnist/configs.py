@@ -3,26 +3,71 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
+from typing import Literal
 
-from jaxmnist.models import SEED_ARCH
+from jaxmnist.models import SEED_ARCH, ArchError, parse_arch
+
+MNIST_TRAIN_IMAGES = 60_000
+
+
+class ConfigError(ValueError):
+    """A config field with a value it cannot have; `field` names it."""
+
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(f"{field} {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """One training run's settings; checked when made (a ConfigError names the field)."""
+
     arch: str = SEED_ARCH  # the net, as a layer string (jaxmnist.models)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.04  # the peak learning rate for the one-cycle schedule
     momentum: float = 0.9
-    schedule: str = "constant"  # "constant" or "onecycle"
+    schedule: Literal["constant", "onecycle"] = "constant"
     warmup_fraction: float = 0.3  # one-cycle: share of the steps spent rising to `lr`
     dropout: float = 0.069
     rotate_degrees: float = 0.0  # augmentation: random rotation in ±degrees
     shift_pixels: float = 0.0  # augmentation: random shift in ±pixels
     validation: int = 0  # hold out the last N training images and evaluate on them
     seed: int = 0
-    fast_kernels: bool = True  # jaxmnist.kernels; False = plain Flax layers, same maths
+    # jaxmnist.kernels (same maths as plain Flax layers, measured faster on XLA:CPU);
+    # None: on where the default backend is the CPU, plain Flax layers elsewhere.
+    fast_kernels: bool | None = None
     eval_batch_size: int = 1000
+    max_steps_per_epoch: int = 0  # 0: every batch; N > 0 cuts each epoch short (smoke tests)
+    steps_per_call: int = 1  # steps per jitted call, in a lax.scan when > 1
+
+    def __post_init__(self):
+        try:
+            parse_arch(self.arch)
+        except ArchError as e:
+            raise ConfigError("arch", f"{self.arch!r}: {e}") from None
+        object.__setattr__(self, "arch", " ".join(self.arch.split()))
+        for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_call"):
+            _check(name, getattr(self, name), lambda v: v > 0, "must be > 0")
+        _check("max_steps_per_epoch", self.max_steps_per_epoch, lambda v: v >= 0,
+               "must be >= 0")
+        _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
+               "must be a finite number > 0")
+        for name in ("momentum", "dropout", "warmup_fraction"):
+            _check(name, getattr(self, name), lambda v: 0 <= v < 1, "must be in [0, 1)")
+        for name in ("rotate_degrees", "shift_pixels"):
+            _check(name, getattr(self, name), lambda v: math.isfinite(v) and v >= 0,
+                   "must be a finite number >= 0")
+        _check("validation", self.validation, lambda v: 0 <= v < MNIST_TRAIN_IMAGES,
+               f"must be in [0, {MNIST_TRAIN_IMAGES})")
+        _check("schedule", self.schedule, lambda v: v in typing.get_args(
+            field_types()["schedule"]), "must be 'constant' or 'onecycle'")
+        train_images = MNIST_TRAIN_IMAGES - self.validation
+        if self.batch_size > train_images:
+            raise ConfigError("batch_size", f"{self.batch_size} is larger than the "
+                              f"{train_images} training images")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -36,6 +81,16 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config fields {unknown}")
         return cls(**values)
+
+
+def _check(name: str, value, ok, requirement: str) -> None:
+    if isinstance(value, bool) or not ok(value):
+        raise ConfigError(name, f"{requirement}, got {value!r}")
+
+
+def field_types() -> dict[str, typing.Any]:
+    """Each Config field's type (the annotations resolved)."""
+    return typing.get_type_hints(Config)
 
 
 def seed() -> Config:

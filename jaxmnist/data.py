@@ -52,8 +52,8 @@ MNIST_SHA256 = {
 _MAGIC = {"images": 2051, "labels": 2049}
 
 
-class DataError(Exception):
-    """A local MNIST file is missing or not what it should be."""
+class DataError(ValueError):
+    """MNIST cannot be had as asked: a local file missing or not what it should be."""
 
 
 def read_idx(path: Path, kind: str, sha256: str | None = None) -> np.ndarray:
@@ -175,6 +175,7 @@ def _builder_class():
         def _split_generators(self, dl_manager):
             arrays = self._arrays
             if arrays is None:
+                check_reachable(self.URL)
                 paths = dl_manager.download(
                     {key: self.URL + name for key, name in IDX_FILES.items()})
                 arrays = read_idx_files(paths, self._sha256)
@@ -232,13 +233,13 @@ def mnist_builder(
         print(f"jaxmnist: {other} holds mnist as {file_format} (TensorFlow's format), left "
               f"as it is; preparing an array_record copy in {tfds_dir}", file=sys.stderr)
     arrays = read_idx_dir(data_dir, sha256) if data_dir else None
-    if arrays is None:
-        check_reachable(MNIST.URL)
     builder = MNIST(arrays=arrays, sha256=sha256, data_dir=tfds_dir)
     # TFDS writes into a temporary directory and renames it when complete, so a
     # failure here leaves no half-prepared dataset behind.
     try:
         builder.download_and_prepare(file_format="array_record")
+    except DownloadError:
+        raise
     except _connection_errors() as e:
         raise DownloadError(MNIST.URL, e) from None
     return builder

@@ -26,6 +26,9 @@ The seed net, `SEED_ARCH` (12,088 params):
 
 from __future__ import annotations
 
+import functools
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -129,16 +132,17 @@ class Net(nn.Module):
 
 
 def count_params(params) -> int:
-    return sum(x.size for x in jax.tree.leaves(params))
+    """The number of values in `params` (arrays, or their shapes from `jax.eval_shape`)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
 def summary(model: Net, variables) -> list[tuple[str, tuple[int, ...], int]]:
     """(layer name, output shape, trainable params) for each layer with parameters: the
     blocks, the transitions (shown after the pool before them, if any) and the head."""
-    x = jnp.zeros((1, 28, 28, 1), jnp.float32)
-    _, state = model.apply(
-        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
-    )
+    # Shapes only: nothing is computed or compiled.
+    apply = functools.partial(model.apply, train=False, capture_intermediates=True,
+                              mutable=["intermediates"])
+    _, state = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
     inter = state["intermediates"]
     names = [name for kind, name, _ in parse_arch(model.arch) if kind != "pool"] + ["head"]
     rows = []

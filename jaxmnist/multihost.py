@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 
@@ -40,9 +41,14 @@ PEER_LOST = 75
 _FATAL_LINE = re.compile(rb"^(?:[WEF]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [WEF] )"
                          rb".*(coordination_service|client\.h|preemption_sync)")
 _GLOO_CHATTER = re.compile(rb"^\[Gloo\] Rank \d+ is connected")
-# Words of the Python exceptions that mean the same in the training process.
-_PEER_LOST_WORDS = ("Gloo", "coordination service", "heartbeat", "Barrier", "barrier",
-                    "Connection reset", "Connection refused", "Socket closed")
+# How long a process that failed asks the coordination service whether another process
+# is gone: a peer's death can reach this process (as a collective's error) a moment
+# before the service has seen it.
+PEER_CHECK_SECONDS = 3.0
+
+
+class PeerLost(Exception):
+    """Another process of the run is gone (the coordination service says so)."""
 
 
 def add_arguments(parser) -> None:
@@ -97,9 +103,11 @@ def run(prog: str, argv: list[str], args, train) -> int:
         code = train()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-    except Exception as e:
-        if not is_peer_lost(e):
-            raise
+    except PeerLost:
+        code = PEER_LOST
+    except Exception:
+        if not peer_lost():
+            raise  # this process's own error, with its traceback
         code = PEER_LOST
     if code:
         sys.stdout.flush()
@@ -150,9 +158,28 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def is_peer_lost(error: BaseException) -> bool:
-    """Whether `error` (raised in a multi-process run) means another process is gone."""
-    return jax.process_count() > 1 and any(w in str(error) for w in _PEER_LOST_WORDS)
+def peer_lost(seconds: float = PEER_CHECK_SECONDS) -> bool:
+    """Whether the coordination service says a process of this run is gone (always False
+    in a single process). Asked for up to `seconds`; a service that cannot be reached
+    (it runs in process 0) counts as gone."""
+    if jax.process_count() == 1:
+        return False
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    live_nodes = getattr(client, "get_live_nodes", None)
+    everyone = list(range(jax.process_count()))
+    deadline = time.monotonic() + seconds
+    while True:
+        if live_nodes is not None:
+            try:
+                if len(live_nodes(everyone)) < len(everyone):
+                    return True
+            except Exception:  # the service itself is gone
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def supervise(prog: str, argv: list[str], process_id: int | None) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 MAX_PIXELS = 40_000_000  # larger images are refused rather than decoded
 
 
-class ImageError(Exception):
+class ImageError(ValueError):
     """A file that cannot be turned into a digit."""
 
 
@@ -122,7 +122,7 @@ class Classifier:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Classifier:
-        from jaxmnist.train import load_trained
+        from jaxmnist.rundir import load_trained
 
         return cls(*load_trained(run_dir))
 
@@ -132,7 +132,7 @@ class Classifier:
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, UsageError, fail, quiet_libraries
+    from jaxmnist.cli import ArgumentParser, print_error, quiet_libraries, report
 
     prog = "python -m jaxmnist.predict"
     quiet_libraries()
@@ -143,15 +143,15 @@ def main(argv=None) -> int:
 
     try:
         classify = Classifier.from_run(args.run)
-    except UsageError as e:
-        fail(prog, str(e))
+    except ValueError as e:  # not a trained run directory
+        return report(prog, e)
 
     failed = False
     for path in args.images:
         try:
             probs = classify(load_image(path))
         except ImageError as e:
-            print(f"{prog}: error: {path}: {e}", file=sys.stderr)
+            print_error(prog, f"{path}: {e}")
             failed = True
             continue
         top = np.argsort(probs)[::-1][:3]

@@ -1,6 +1,7 @@
 """A training run's directory: config.json, metrics.jsonl, curves.png and checkpoints/.
 
-`jaxmnist.train` writes a run through these functions; `predict` and `serve` read one.
+`jaxmnist.train` writes a run through these functions; `predict` and `serve` read one
+(`load_trained`).
 Everything is written atomically (a temporary file or directory renamed when complete),
 so an interrupted run leaves its previous epoch's files intact.
 """
@@ -12,9 +13,29 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from jaxmnist import configs
-from jaxmnist.cli import UsageError, check_writable_dir
+
+
+class RunDirError(ValueError):
+    """A directory that cannot be used as, or is not, the run asked for."""
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Checks that `path` is, or can be created as, a writable directory. Creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(
+            f"cannot create directory {str(path)!r}: {str(probe)!r} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"directory {str(probe)!r} is not writable")
+    return path
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -24,14 +45,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def read_config(run_dir: Path) -> configs.Config:
-    """The run's config.json, or a UsageError saying why there is none."""
+    """The run's config.json, or a RunDirError saying why there is none."""
     config_path = Path(run_dir) / "config.json"
     if not config_path.is_file():
-        raise UsageError(f"{run_dir}: no config.json (not a training run directory)")
+        raise RunDirError(f"{run_dir}: no config.json (not a training run directory)")
     try:
         return configs.Config.from_dict(json.loads(config_path.read_text()))
     except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"{config_path}: unreadable ({e})") from None
+        raise RunDirError(f"{config_path}: unreadable ({e})") from None
 
 
 def write_config(run_dir: Path, config: configs.Config) -> None:
@@ -46,11 +67,12 @@ def check(run_dir: Path, config: configs.Config, resume: bool) -> None:
     old, new = read_config(run_dir).to_dict(), config.to_dict()
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UsageError(f"{run_dir} holds a run with a different config "
-                         f"({', '.join(diff)}); choose another --name")
+        raise RunDirError(f"{run_dir} holds a run with a different config ("
+                          + ", ".join(f"{k} {old.get(k)!r} there, {new.get(k)!r} here"
+                                      for k in diff) + "): use another directory")
     if not resume:
-        raise UsageError(f"{run_dir} already holds this run; pass --resume to continue it "
-                         "or choose another --name")
+        raise RunDirError(f"{run_dir} already holds this run: resume it, or use another "
+                          "directory")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -65,6 +87,21 @@ def truncate_metrics(run_dir: Path, epochs: int) -> list[dict]:
     history = read_metrics(run_dir)[:epochs]
     write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     return history
+
+
+def metrics_record(epoch: int, steps: list[dict], evaluation: dict, eval_name: str,
+                   seconds: float, train_seconds: float, images: int) -> dict:
+    """One line of metrics.jsonl: the means of the epoch's `steps` metrics, the
+    evaluation's loss and accuracy, the epoch's seconds and training throughput."""
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.mean([s["loss"] for s in steps])),
+        "train_accuracy": float(np.mean([s["accuracy"] for s in steps])),
+        f"{eval_name}_loss": evaluation["loss"],
+        f"{eval_name}_accuracy": evaluation["accuracy"],
+        "seconds": round(seconds, 3),
+        "train_images_per_s": round(images / train_seconds, 1),
+    }
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
@@ -138,3 +175,17 @@ def restore_checkpoint(manager, state, epoch: int | None = None):
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
     restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
     return epoch, state.replace(**restored)
+
+
+def load_trained(run_dir: str | os.PathLike):
+    """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json)."""
+    from jaxmnist import train  # which builds the model and the state to restore into
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    manager = checkpoint_manager(run_dir)
+    if manager.latest_step() is None:
+        raise RunDirError(f"{run_dir}: no checkpoint")
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    _, state = restore_checkpoint(manager, state)
+    return train.make_model(config), {"params": state.params, "batch_stats": state.batch_stats}

@@ -138,7 +138,7 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, UsageError, fail, quiet_libraries
+    from jaxmnist.cli import ArgumentParser, fail, quiet_libraries, report
 
     prog = "python -m jaxmnist.serve"
     quiet_libraries()
@@ -153,8 +153,8 @@ def main(argv=None) -> int:
         p.error(f"--port must be in 0-65535, got {args.port}")
     try:
         server = make_server(args.run, args.host, args.port)
-    except UsageError as e:
-        fail(prog, str(e))
+    except ValueError as e:  # not a trained run directory
+        return report(prog, e)
     except OSError as e:  # address in use, unknown host, no permission
         fail(prog, f"cannot listen on {args.host}:{args.port} ({e.strerror or e})")
     host, port = server.server_address[:2]

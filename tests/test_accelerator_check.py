@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_accelerator_check_dry_run(mnist_dir, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "JAXMNIST_DATA_DIR": str(mnist_dir)}

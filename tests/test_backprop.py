@@ -301,10 +301,10 @@ def test_explain_is_the_published_worked_example(tmp_path, capsys):
         assert_digits_agree(got[name][0], published)
 
 
-def test_cli_rejects_unwritable_out(tmp_path):
+def test_cli_rejects_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    r = run_cli("--steps", "5", "--out", str(blocker / "sub"))
-    assert r.returncode == 2 and "is not a directory" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    code, _, err = run_main(capsys, "--steps", "5", "--out", str(blocker / "sub"))
+    assert code == 2 and "is not a directory" in err
+    assert len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "not a directory"

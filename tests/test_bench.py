@@ -1,19 +1,35 @@
-"""`python -m jaxmnist.bench`: its JSON line and its argument errors."""
+"""`python -m jaxmnist.bench`: its JSON line, where it writes, and its argument errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def run_bench(*args):
-    return subprocess.run([sys.executable, "-m", "jaxmnist.bench", *args],
-                          capture_output=True, text=True, timeout=600)
+from jaxmnist import bench
 
 
-def test_bench_prints_one_json_line():
-    r = run_bench("--steps", "3", "--eval-steps", "1", "--no-record")
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run_bench(capsys, tmp_path, monkeypatch):
+    """`python -m jaxmnist.bench ARGS` in this process, in an empty working directory."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        try:
+            code = bench.main(list(args))
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def test_bench_prints_one_json_line(run_bench):
+    r = run_bench("--arch", "c4 p v8", "--steps", "3", "--eval-steps", "1", "--no-record")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     for field in ("train_images_per_s", "eval_images_per_s", "compile_s", "device", "jax", "date"):
@@ -23,15 +39,17 @@ def test_bench_prints_one_json_line():
     assert result["compiler_options"] == "jaxmnist"
 
 
-def test_bench_xla_defaults_compiles_with_xla_s_own_options():
-    r = run_bench("--steps", "2", "--eval-steps", "1", "--xla-defaults", "--no-record")
+def test_bench_xla_defaults_compiles_with_xla_s_own_options(run_bench):
+    r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1", "--xla-defaults",
+                  "--no-record")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["compiler_options"] == "xla-defaults" and result["train_images_per_s"] > 0
 
 
-def test_bench_scan_times_several_steps_per_call():
-    r = run_bench("--steps", "5", "--eval-steps", "1", "--scan", "2", "--no-record")
+def test_bench_scan_times_several_steps_per_call(run_bench):
+    r = run_bench("--arch", "c4 p v8", "--steps", "5", "--eval-steps", "1", "--scan", "2",
+                  "--no-record")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     # 5 steps round down to two calls of 2 scanned steps.
@@ -39,7 +57,7 @@ def test_bench_scan_times_several_steps_per_call():
     assert result["train_images_per_s"] > 0
 
 
-def test_bench_times_any_member_of_the_family():
+def test_bench_times_any_member_of_the_family(run_bench):
     r = run_bench("--recipe", "fast", "--arch", "c4 p v8 v8", "--steps", "2", "--eval-steps",
                   "1", "--no-record")
     assert r.returncode == 0, r.stderr
@@ -56,9 +74,27 @@ def test_bench_times_any_member_of_the_family():
     (["--steps", "0"], "must be > 0"),
     (["--steps", "x"], "expected a whole number"),
     (["--batch-size", "-2"], "must be > 0"),
+    (["--batch-size", "70000"], "--batch-size 70000 is larger than the 60000 training images"),
     (["--frobnicate"], "unrecognized arguments"),
 ])
-def test_bench_rejects_bad_arguments(args, message):
+def test_bench_rejects_bad_arguments(args, message, run_bench, tmp_path):
     r = run_bench(*args)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_appends_under_runs_or_to_out(run_bench, tmp_path):
+    for _ in range(2):
+        r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1")
+        assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "runs" / "bench.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["arch"] == "c4 p v8"
+    r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1",
+                  "--out", str(tmp_path / "mine.jsonl"))
+    assert r.returncode == 0 and len((tmp_path / "mine.jsonl").read_text().splitlines()) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run_bench("--out", str(blocker / "bench.jsonl"))
+    assert r.returncode == 2 and "is not a directory" in r.stderr
+    assert blocker.read_text() == ""

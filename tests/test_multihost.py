@@ -11,9 +11,9 @@ import time
 import chex
 import pytest
 
-from jaxmnist import train
+from jaxmnist import rundir, train_cli
 
-from .test_train import metrics_of, train_cli
+from .test_train import metrics_of, train_process
 
 ARGS = ["--recipe", "default", "--epochs", "2", "--max-steps", "12"]
 
@@ -27,7 +27,7 @@ def free_port() -> int:
 def start_processes(n, *args, tfds_dir, mnist_dir, timeout=60, ids=None):
     """Processes `ids` (default all) of an `n`-process run."""
     address = f"127.0.0.1:{free_port()}"
-    return [train_cli(*ARGS, *args, "--coordinator", address, "--num-processes", str(n),
+    return [train_process(*ARGS, *args, "--coordinator", address, "--num-processes", str(n),
                       "--process-id", str(i), "--distributed-timeout", str(timeout),
                       tfds_dir=tfds_dir, mnist_dir=mnist_dir)
             for i in (range(n) if ids is None else ids)]
@@ -37,12 +37,13 @@ def finish(processes, timeout=600):
     return [(p.wait(timeout=timeout), p.stdout.read(), p.stderr.read()) for p in processes]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path):
     out = ["--out", str(tmp_path)]
     # References: one process with 2 devices (the same program as 2 processes with 1
     # device each) and one process with 1 device.
     for attempt in (1, 2):
-        ref2 = train_cli(*ARGS, *out, "--name", "two-devices", tfds_dir=tfds_dir,
+        ref2 = train_process(*ARGS, *out, "--name", "two-devices", tfds_dir=tfds_dir,
                          mnist_dir=mnist_dir,
                          env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
         code, err = ref2.wait(timeout=600), ref2.stderr.read()
@@ -54,7 +55,8 @@ def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path
             continue
         assert code == 0, err
         break
-    ref1 = train_cli(*ARGS, *out, "--name", "one-device", tfds_dir=tfds_dir, mnist_dir=mnist_dir)
+    ref1 = train_process(*ARGS, *out, "--name", "one-device", tfds_dir=tfds_dir,
+                         mnist_dir=mnist_dir)
     assert ref1.wait(timeout=600) == 0, ref1.stderr.read()
 
     # Two processes; process 1 dies during epoch 2.
@@ -94,8 +96,8 @@ def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path
     # The global batch is split over the processes, BatchNorm sees all of it: the same
     # metrics and weights as one process with 2 devices, bit for bit...
     assert metrics_of(run) == metrics_of(tmp_path / "two-devices")
-    _, resumed = train.load_trained(run)
-    _, reference = train.load_trained(tmp_path / "two-devices")
+    _, resumed = rundir.load_trained(run)
+    _, reference = rundir.load_trained(tmp_path / "two-devices")
     chex.assert_trees_all_equal(resumed, reference)
     # ...and one device's up to float32 round-off, as in test_parallel.py (which compares
     # 4 steps; the round-off grows with the steps of this early, chaotic phase, so the
@@ -105,6 +107,28 @@ def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path
         first, first_one_device)
 
 
+@pytest.mark.slow
+def test_a_process_reports_its_own_error_as_its_own(mnist_dir, tmp_path):
+    """Process 0 fails of itself (its TFDS data dir is a file), with an error whose
+    message happens to say "Connection refused": it prints that error; process 1, whose
+    peer is gone, prints the peer line."""
+    blocker = tmp_path / "Connection refused"
+    blocker.write_text("a file where a directory should be")
+    procs = start_processes(2, "--out", str(tmp_path / "runs"), "--tfds-dir", str(blocker),
+                            tfds_dir=tmp_path / "unused", mnist_dir=mnist_dir, timeout=20)
+    (code0, _, err0), (code1, _, err1) = finish(procs, timeout=300)
+    assert code0 == 1 and len(err0.strip().splitlines()) == 1, err0
+    assert err0.startswith("python -m jaxmnist.train: error: ") and "Not a directory" in err0
+    assert "Connection refused" in err0 and "another process" not in err0
+    assert code1 == 1, err1
+    assert err1.strip().splitlines()[-1] == (
+        "python -m jaxmnist.train: error: process 1: another process stopped or cannot be "
+        "reached; the newest checkpoint is the last finished epoch: start every process "
+        "again with --resume"), err1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
 def test_a_missing_process_ends_the_others_with_one_line(mnist_splits, tfds_dir, mnist_dir,
                                                           tmp_path):
     # Process 1 never starts.
@@ -127,10 +151,19 @@ def test_a_missing_process_ends_the_others_with_one_line(mnist_splits, tfds_dir,
      "--process-id 2 must be < --num-processes 2"),
     (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"], "must be > 0"),
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "-1"], "must be >= 0"),
-    (["--distributed"], "JAX found no cluster settings here"),  # not a TPU pod, SLURM, ...
 ])
-def test_bad_multi_process_arguments(args, message):
-    r = subprocess.run([sys.executable, "-m", "jaxmnist.train", *args], capture_output=True,
-                       text=True, timeout=120, env={**os.environ})
+def test_bad_multi_process_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_distributed_without_a_cluster_is_one_line():
+    # Not a TPU pod, SLURM, ...: found out by the training process the supervisor starts.
+    r = subprocess.run([sys.executable, "-m", "jaxmnist.train", "--distributed"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ})
     assert r.returncode == 2
-    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "JAX found no cluster settings here" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

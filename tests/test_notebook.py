@@ -3,11 +3,13 @@
 import json
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_colab_notebook_runs_on_cpu(mnist_dir, tfds_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXMNIST_DATA_DIR", str(mnist_dir))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))

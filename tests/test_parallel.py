@@ -13,7 +13,9 @@ SCRIPT = textwrap.dedent("""
     from jaxmnist import configs, data, train
 
     assert jax.device_count() == 8, jax.devices()
-    config = dataclasses.replace(configs.default(), epochs=1)
+    # The default recipe (BatchNorm in every block, dropout, augmentation) on a shorter
+    # net of the family: the same sharding, a quicker compile.
+    config = dataclasses.replace(configs.default(), epochs=1, arch="c8 p v16 v16")
     key = jax.random.key(0)
     split = data.Split(
         jax.random.randint(key, (512, 28, 28, 1), 0, 256).astype(np.uint8),

@@ -15,9 +15,23 @@ from tests.conftest import REPO
 RUN = REPO / "experiments" / "results" / "default"  # the committed, trained model
 
 
-def run_predict(*args):
-    return subprocess.run([sys.executable, "-m", "jaxmnist.predict", *args],
-                          capture_output=True, text=True, timeout=300)
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run_predict(capsys):
+    """`python -m jaxmnist.predict ARGS` in this process."""
+    def run(*args):
+        try:
+            code = predict.main(list(args))
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
 
 
 def test_to_mnist_centres_and_scales_like_mnist():
@@ -77,9 +91,9 @@ def test_high_depth_images_are_scaled_by_their_range_not_clipped(mode):
     np.testing.assert_allclose(predict.decode_image(buf.getvalue()), want, atol=0.02)
 
 
-def test_predicts_mnist_test_digits_saved_as_other_images(mnist_splits, tmp_path):
-    _, test = mnist_splits
-    images, labels = np.asarray(test.images[:30, ..., 0]), np.asarray(test.labels[:30])
+def test_predicts_mnist_test_digits_saved_as_other_images(mnist_test_digits, tmp_path,
+                                                          run_predict):
+    images, labels = mnist_test_digits[0][:30], mnist_test_digits[1][:30]
     paths = []
     for i, (img, label) in enumerate(zip(images, labels)):
         pil = Image.fromarray(img)
@@ -119,10 +133,11 @@ def test_predicts_mnist_test_digits_saved_as_other_images(mnist_splits, tmp_path
     assert correct >= 28, r.stdout
 
 
-def test_bad_files_fail_one_line_each_and_the_rest_still_run(mnist_splits, tmp_path):
-    _, test = mnist_splits
+def test_bad_files_fail_one_line_each_and_the_rest_still_run(mnist_test_digits, tmp_path,
+                                                             run_predict):
+    images, labels = mnist_test_digits
     good = tmp_path / "good.png"
-    Image.fromarray(np.asarray(test.images[0, ..., 0])).save(good)
+    Image.fromarray(images[0]).save(good)
     text = tmp_path / "notes.png"
     text.write_text("this is not an image")
     empty = tmp_path / "empty.png"
@@ -132,7 +147,7 @@ def test_bad_files_fail_one_line_each_and_the_rest_still_run(mnist_splits, tmp_p
     missing = tmp_path / "missing.png"
     r = run_predict("--run", str(RUN), str(text), str(good), str(empty), str(huge), str(missing))
     assert r.returncode == 2
-    assert r.stdout.startswith(f"{good}: {int(test.labels[0])}")
+    assert r.stdout.startswith(f"{good}: {int(labels[0])}")
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 4, r.stderr
     assert "notes.png: not an image" in errors[0]
@@ -141,7 +156,7 @@ def test_bad_files_fail_one_line_each_and_the_rest_still_run(mnist_splits, tmp_p
     assert "missing.png: file not found" in errors[3]
 
 
-def test_run_without_checkpoint_is_one_line_exit_2(tmp_path):
+def test_run_without_checkpoint_is_one_line_exit_2(tmp_path, run_predict):
     r = run_predict("--run", str(tmp_path), "x.png")
     assert r.returncode == 2 and "no config.json" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -156,7 +171,16 @@ def test_run_without_checkpoint_is_one_line_exit_2(tmp_path):
     (["--run", "r"], "the following arguments are required: images"),
     (["--run", "r", "--top", "3", "x.png"], "unrecognized arguments: --top"),
 ])
-def test_predict_rejects_bad_arguments(args, message):
+def test_predict_rejects_bad_arguments(args, message, run_predict):
     r = run_predict(*args)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_command_line_in_a_process_of_its_own(mnist_test_digits, tmp_path):
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist_test_digits[0][0]).save(path)
+    r = subprocess.run([sys.executable, "-m", "jaxmnist.predict", "--run", str(RUN), str(path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{path}: {int(mnist_test_digits[1][0])}  (")

@@ -49,9 +49,8 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_api_reads_mnist_test_digits_as_png_and_jpeg(server, mnist_splits):
-    _, test = mnist_splits
-    images, labels = np.asarray(test.images[:20, ..., 0]), np.asarray(test.labels[:20])
+def test_api_reads_mnist_test_digits_as_png_and_jpeg(server, mnist_test_digits):
+    images, labels = mnist_test_digits[0][:20], mnist_test_digits[1][:20]
     for i, (img, label) in enumerate(zip(images, labels)):
         if i % 2:  # dark on light, resized to 280x280, PNG
             body = encode(Image.fromarray(255 - img).resize((280, 280)), "PNG")
@@ -110,9 +109,8 @@ def test_unknown_paths_are_404_json(server):
     assert e.value.code == 404 and "no such page" in json.loads(e.value.read())["error"]
 
 
-def test_twenty_concurrent_requests_are_all_answered(server, mnist_splits):
-    _, test = mnist_splits
-    images, labels = np.asarray(test.images[:20, ..., 0]), np.asarray(test.labels[:20])
+def test_twenty_concurrent_requests_are_all_answered(server, mnist_test_digits):
+    images, labels = mnist_test_digits[0][:20], mnist_test_digits[1][:20]
     bodies = [encode(Image.fromarray(img).resize((280, 280)), "PNG") for img in images]
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda body: post(server, body), bodies))
@@ -133,9 +131,13 @@ def test_page_and_assets_are_served_from_the_package(server):
     assert info["arch"] == "c8 c16 c16 p t8 v16 v16 v16 v16"
 
 
-def run_serve(*args):
-    return subprocess.run([sys.executable, "-m", "jaxmnist.serve", *args], capture_output=True,
-                          text=True, timeout=300)
+def run_serve(capsys, *args):
+    """`python -m jaxmnist.serve ARGS` in this process, where it fails before serving."""
+    try:
+        code = serve.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -143,17 +145,17 @@ def run_serve(*args):
     (["--port", "70000"], "--port must be in 0-65535"),
     (["--port", "x"], "invalid int value"),
 ])
-def test_serve_cli_errors_are_one_line(args, message):
-    r = run_serve(*args)
-    assert r.returncode == 2 and message in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_serve_cli_errors_are_one_line(args, message, capsys):
+    code, err = run_serve(capsys, *args)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
-def test_serve_cli_reports_a_busy_port(server):
+def test_serve_cli_reports_a_busy_port(server, capsys):
     port = server.rsplit(":", 1)[1]
-    r = run_serve("--run", str(RUN), "--port", port)
-    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, err = run_serve(capsys, "--run", str(RUN), "--port", port)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 # --- the page in headless Chromium ---------------------------------------------------
@@ -198,6 +200,7 @@ def draw(driver, pad, strokes):
         actions.release().perform()
 
 
+@pytest.mark.slow
 def test_page_reads_a_digit_drawn_on_the_canvas(tmp_path):
     driver = browser()
     proc = subprocess.Popen([sys.executable, "-m", "jaxmnist.serve", "--run", str(RUN),

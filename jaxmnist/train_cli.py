@@ -1,0 +1,156 @@
+"""`python -m jaxmnist.train`: the flags, the run directory, the lines printed, exit codes.
+
+Every field of `configs.Config` is a flag (`--batch-size`, `--fast-kernels` /
+`--no-fast-kernels`, ...), derived from the field's type; values are checked by
+`Config` itself. Exit codes: 0 done, 2 bad input (one line, nothing written), 1 a run
+that failed (diverged, a disk error, another process lost), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import sys
+import time
+import typing
+from pathlib import Path
+
+from jaxmnist import configs, multihost, rundir
+from jaxmnist.cli import ArgumentParser, number, print_error, quiet_libraries, report, whole_number
+
+PROG = "python -m jaxmnist.train"
+_PARSERS = {int: whole_number, float: number, str: str}
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description="Train a net of the family on MNIST.")
+    p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="default")
+    p.add_argument("--name", help="run name (default: the recipe's)")
+    p.add_argument("--out", default="runs", help="parent of the run directory (default runs/)")
+    p.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files "
+                   "(default $JAXMNIST_DATA_DIR; unset: TFDS downloads MNIST)")
+    p.add_argument("--tfds-dir", help="TFDS data dir (default TFDS's own, e.g. $TFDS_DATA_DIR)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--summary", action="store_true", help="print the layer table and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    multihost.add_arguments(p)
+    g = p.add_argument_group("config (defaults come from the recipe; see jaxmnist/configs.py)")
+    for name, kind in configs.field_types().items():
+        flag = "--" + name.replace("_", "-")
+        if kind in (bool, bool | None):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(kind) is typing.Literal:
+            g.add_argument(flag, choices=typing.get_args(kind), default=None)
+        else:
+            g.add_argument(flag, type=_PARSERS[kind], default=None)
+    return p
+
+
+def config_from_args(args) -> configs.Config:
+    """The recipe with the flags given; a ConfigError names a field it cannot have."""
+    overrides = {name: getattr(args, name) for name in configs.field_types()
+                 if getattr(args, name) is not None}
+    return dataclasses.replace(configs.RECIPES[args.recipe](), **overrides)
+
+
+def print_summary(config: configs.Config) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmnist.models import count_params, summary
+    from jaxmnist.train import make_model
+
+    model = make_model(config)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                               jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+    print(f"{'layer':<12} {'output':<14} {'params':>8}")
+    for name, shape, n in summary(model, variables):
+        print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
+    print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
+
+
+def summary_line(history: list[dict], wall: float) -> str:
+    """The run's last line: final and best accuracy (the best labelled as chosen on the
+    eval set), wall time and training throughput."""
+    import jax
+
+    eval_name = "val" if "val_accuracy" in history[-1] else "test"
+    final = history[-1]
+    best = max(history, key=lambda h: h[f"{eval_name}_accuracy"])
+    # Every epoch trains the same number of images: the overall rate is the harmonic mean.
+    images_per_s = len(history) / sum(1 / h["train_images_per_s"] for h in history)
+    return (f"final {eval_name} accuracy {100 * final[f'{eval_name}_accuracy']:.2f}% "
+            f"(epoch {final['epoch']}); best {100 * best[f'{eval_name}_accuracy']:.2f}% at "
+            f"epoch {best['epoch']} (chosen on the {eval_name} set); wall {wall:.0f}s; "
+            f"{images_per_s:.0f} train images/s on {jax.device_count()}x "
+            f"{jax.devices()[0].platform}"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines above the progress bar rather than through it."""
+
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if multihost.requested(args):
+        multihost.check_arguments(parser, args)
+    try:
+        config = config_from_args(args)
+        if args.summary:
+            print_summary(config)
+            return 0
+        run_dir = Path(args.out) / (args.name or args.recipe)
+        if not multihost.requested(args):  # (across processes: once JAX knows which is 0)
+            rundir.check(run_dir, config, args.resume)
+    except ValueError as e:
+        return report(PROG, e)
+    if multihost.requested(args):
+        return multihost.run(PROG, argv, args, lambda: train(args, config, run_dir))
+    return train(args, config, run_dir)
+
+
+def train(args, config: configs.Config, run_dir: Path) -> int:
+    """Trains into `run_dir` and prints the summary; returns the exit code."""
+    from jaxmnist import data
+    from jaxmnist.train import TrainingDiverged, train_and_evaluate
+
+    log = logging.getLogger("jaxmnist")
+    if not log.handlers:
+        log.addHandler(_TqdmHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    t0 = time.perf_counter()
+    try:
+        train_and_evaluate(config, run_dir, data_dir=args.data_dir, tfds_dir=args.tfds_dir,
+                           resume=args.resume, progress=not args.no_progress)
+    except data.DownloadError as e:
+        print_error(PROG, f"{e}: give its folder with --data-dir or $JAXMNIST_DATA_DIR")
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; the newest checkpoint in {run_dir} is the last finished "
+              "epoch: continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not isinstance(e, ValueError) and multihost.peer_lost():
+            raise multihost.PeerLost from e
+        if isinstance(e, (ValueError, OSError, TrainingDiverged)):
+            return report(PROG, e)
+        raise
+    if multihost.is_main():
+        print(summary_line(rundir.read_metrics(run_dir), time.perf_counter() - t0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
