@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 ifeq ($(NO_VENV),1)
 # $(PYTHON)'s own environment instead of .venv (e.g. Colab's, whose jax drives its TPU).
-PY     := $(PYTHON)
-STAMP  := .installed-no-venv
+PY        := $(PYTHON)
+STAMP     := .installed-no-venv
+DEV_STAMP := .installed-no-venv-dev
 else
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+DEV_STAMP := $(STAMP)
 endif
 
 # Offline MNIST: a folder with the four IDX .gz files; by default the local copy beside
@@ -23,15 +25,17 @@ ARGS ?=
 FLOORS_VENV := .venv-floors
 FLOORS      := .ci/floors.txt
 
-.PHONY: install test test-slow test-floors train train-tiny serve train-fast train-seed backprop bench lint clean
+.PHONY: $(if $(filter 1,$(NO_VENV)),$(STAMP) $(DEV_STAMP)) install test test-slow test-floors train train-tiny serve train-fast train-seed backprop bench lint clean
 
 ifeq ($(NO_VENV),1)
-# Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py); with the
-# test tools, as `make test` needs them.
-$(STAMP): pyproject.toml
-	$(PY) -c "import jaxmnist, flax, tensorflow_datasets, pytest, ruff" 2>/dev/null \
+# Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py); the test
+# tools only for the targets that need them. Checked every time (an import is quick).
+$(STAMP):
+	$(PY) -c "import jaxmnist, flax, tensorflow_datasets" 2>/dev/null \
+	  || $(PY) -m jaxmnist.runtime_install --quiet
+$(DEV_STAMP):
+	$(PY) -c "import jaxmnist, flax, tensorflow_datasets, pytest, ruff, nbclient" 2>/dev/null \
 	  || $(PY) -m jaxmnist.runtime_install --target '.[dev]' --quiet
-	touch $@
 else
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +47,11 @@ endif
 install: $(STAMP)
 
 # The suite without the slow end-to-end tests (a few minutes on 2 cores) ...
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -m "not slow"
 
 # ... and those: several processes, kill and resume, the notebook, the browser, real-data runs.
-test-slow: $(STAMP)
+test-slow: $(DEV_STAMP)
 	$(PY) -m pytest -m slow
 
 test-floors:
@@ -84,7 +88,7 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m jaxmnist.bench --out $(or $(OUT),runs/bench.jsonl) $(ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check jaxmnist tests experiments
 
 clean:

@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Published points: (params, test accuracy %, how it was reported, source).
 PUBLISHED = [
+    # Conv biases and BatchNorm's affine parameters counted, as PyTorch's summary counts.
+    (3_762, 99.52, "final epoch of 15, one run", "adilsammar/woolly-of-cv"),
+    (4_838, 99.41, "final epoch of 12", "adilsammar/woolly-of-cv"),
     (5_854, 99.40, "best epoch", "an EVA-style course repo"),
     (6_260, 99.44, "final epoch of 15", "Shwethaamrutha/TSAI-S6"),
     (7_918, 99.50, "final epoch of 15", "snehanshu-raj/ERA"),
@@ -37,7 +40,8 @@ def count_params(arch: str) -> int:
 
     from jaxmnist.models import Net, count_params
 
-    variables = Net(arch=arch).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jax.eval_shape(Net(arch=arch).init, jax.random.key(0),
+                               jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
     return count_params(variables["params"])
 
 

@@ -40,7 +40,7 @@ class Config:
     # None: on where the default backend is the CPU, plain Flax layers elsewhere.
     fast_kernels: bool | None = None
     eval_batch_size: int = 1000
-    max_steps_per_epoch: int = 0  # 0: every batch; N > 0 cuts each epoch short (smoke tests)
+    max_steps: int = 0  # 0: every batch; N > 0 cuts each epoch short (smoke tests)
     steps_per_call: int = 1  # steps per jitted call, in a lax.scan when > 1
 
     def __post_init__(self):
@@ -51,7 +51,7 @@ class Config:
         object.__setattr__(self, "arch", " ".join(self.arch.split()))
         for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_call"):
             _check(name, getattr(self, name), lambda v: v > 0, "must be > 0")
-        _check("max_steps_per_epoch", self.max_steps_per_epoch, lambda v: v >= 0,
+        _check("max_steps", self.max_steps, lambda v: v >= 0,
                "must be >= 0")
         _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
                "must be a finite number > 0")

@@ -30,6 +30,8 @@ import time
 
 import jax
 
+from jaxmnist.cli import print_error
+
 # Set in the child that trains, by its supervising parent.
 WORKER_ENV = "JAXMNIST_MULTIHOST_WORKER"
 # The child's exit code for "another process is gone" (BSD's EX_TEMPFAIL).
@@ -213,7 +215,7 @@ def supervise(prog: str, argv: list[str], process_id: int | None) -> int:
                   else f"its training process was killed (signal {-code})")
         message = (f"{reason}; the newest checkpoint is the last finished epoch: start "
                    "every process again with --resume")
-    print(f"{prog}: error: {who}: {message}", file=sys.stderr)
+    print_error(prog, f"{who}: {message}")
     return 1
 
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxmnist.cli import print_error
+
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m jaxmnist.runtime_install"
 # What a runtime builds for its accelerator: these must not move.
@@ -72,8 +74,8 @@ def main(argv=None) -> int:
     before = installed()
     floor = jax_floor()
     if "jax" in before and release(before["jax"]) < release(floor):
-        print(f"{PROG}: error: this Python has jax {before['jax']}, older than jaxmnist's "
-              f"floor {floor}; nothing was changed", file=sys.stderr)
+        print_error(PROG, f"this Python has jax {before['jax']}, older than jaxmnist's "
+                    f"floor {floor}; nothing was changed")
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         pins = Path(tmp) / "keep.txt"
@@ -86,15 +88,15 @@ def main(argv=None) -> int:
             return 0
         code = subprocess.run(cmd, cwd=REPO, env={**os.environ}).returncode
     if code:
-        print(f"{PROG}: error: pip install failed (exit code {code}); the runtime's "
-              f"{', '.join(f'{k} {v}' for k, v in before.items()) or 'packages'} were "
-              "pinned, so they are unchanged", file=sys.stderr)
+        print_error(PROG, f"pip install failed (exit code {code}); the runtime's "
+                    f"{', '.join(f'{k} {v}' for k, v in before.items()) or 'packages'} "
+                    "were pinned, so they are unchanged")
         return code
     after = installed()
     moved = {k: (before.get(k), v) for k, v in after.items() if before.get(k, v) != v}
     if moved:
-        print(f"{PROG}: error: the install changed "
-              + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in moved.items()), file=sys.stderr)
+        print_error(PROG, "the install changed "
+                    + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in moved.items()))
         return 1
     print("jaxmnist installed; kept " + (", ".join(f"{k} {v}" for k, v in before.items())
                                           or "no preinstalled jax (a fresh one came with it)"))

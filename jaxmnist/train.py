@@ -56,17 +56,15 @@ def make_model(config: configs.Config) -> Net:
 def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
     if config.schedule == "constant":
         return optax.constant_schedule(config.lr)
-    if config.schedule == "onecycle":
-        # PyTorch OneCycleLR's shape: cosine up from lr/25, cosine down to lr/(25*1e4).
-        total = config.epochs * steps_per_epoch
-        return optax.cosine_onecycle_schedule(
-            transition_steps=total,
-            peak_value=config.lr,
-            # At least one warm-up step: older optax (0.2.4) divides by a warm-up of zero
-            # steps, giving NaN, when a very short run rounds it down to nothing.
-            pct_start=max(config.warmup_fraction, 1.0 / total),
-        )
-    raise ValueError(f"unknown schedule {config.schedule!r}")
+    # "onecycle", PyTorch OneCycleLR's shape: cosine up from lr/25, down to lr/(25*1e4).
+    total = config.epochs * steps_per_epoch
+    return optax.cosine_onecycle_schedule(
+        transition_steps=total,
+        peak_value=config.lr,
+        # At least one warm-up step: older optax (0.2.4) divides by a warm-up of zero
+        # steps, giving NaN, when a very short run rounds it down to nothing.
+        pct_start=max(config.warmup_fraction, 1.0 / total),
+    )
 
 
 def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
@@ -197,8 +195,8 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     if steps_per_epoch == 0:
         raise configs.ConfigError("batch_size", f"{config.batch_size} is larger than the "
                                   f"{len(train_split)} training images")
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if config.max_steps:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps)
     # Every process has checked the run directory before process 0 writes to it.
     multihost.sync("jaxmnist: run directory checked")
     if is_main:

@@ -81,3 +81,17 @@ def test_runtime_install_pins_what_the_runtime_has():
 ])
 def test_constraints_text(kept, text):
     assert runtime_install.constraints(kept) == text
+
+
+@pytest.mark.parametrize("target", ["install", "test", "test-slow", "lint", "train",
+                                    "train-fast", "train-tiny", "train-seed", "backprop",
+                                    "bench", "serve"])
+def test_every_make_target_runs_in_a_python_of_its_own(target):
+    """`make TARGET NO_VENV=1 PYTHON=...` uses that Python, not .venv nor ./python."""
+    python = "python3"  # as the README has it: a name on PATH, not a path
+    r = subprocess.run(["make", "-n", "-C", str(REPO), target, "NO_VENV=1", f"PYTHON={python}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    commands = [line.strip() for line in r.stdout.splitlines() if "python" in line]
+    assert commands and all(python in line for line in commands), r.stdout
+    assert ".venv" not in r.stdout and "./python" not in r.stdout
