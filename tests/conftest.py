@@ -1,6 +1,7 @@
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -17,6 +18,23 @@ _CACHE = {"jax_compilation_cache_dir": tempfile.mkdtemp(prefix="jaxmnist-test-ca
 for _name, _value in _CACHE.items():
     os.environ.setdefault(_name.upper(), str(_value))
     jax.config.update(_name, type(_value)(os.environ[_name.upper()]))
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(main, capsys, *args) -> CliResult:
+    """A command line's `main(args)` called in this process, as its exit code, stdout
+    and stderr (for tests where the process itself is not what is tested)."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
 
 
 def local_mnist_dir() -> Path | None:

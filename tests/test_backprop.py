@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmnist import backprop as bp
+from tests.conftest import run_in_process
 
 
 @pytest.fixture(autouse=True)
@@ -179,12 +180,7 @@ def test_cli_writes_history_and_plot(tmp_path):
 
 def run_main(capsys, *args):
     """`python -m jaxmnist.backprop ARGS` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = bp.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_in_process(bp.main, capsys, *args)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,27 +5,14 @@ import json
 import pytest
 
 from jaxmnist import bench
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+from tests.conftest import run_in_process
 
 
 @pytest.fixture
 def run_bench(capsys, tmp_path, monkeypatch):
     """`python -m jaxmnist.bench ARGS` in this process, in an empty working directory."""
     monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        try:
-            code = bench.main(list(args))
-        except SystemExit as e:
-            code = e.code
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+    return lambda *args: run_in_process(bench.main, capsys, *args)
 
 
 def test_bench_prints_one_json_line(run_bench):

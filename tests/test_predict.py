@@ -10,28 +10,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from jaxmnist import predict
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_process
 
 RUN = REPO / "experiments" / "results" / "default"  # the committed, trained model
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
 @pytest.fixture
 def run_predict(capsys):
     """`python -m jaxmnist.predict ARGS` in this process."""
-    def run(*args):
-        try:
-            code = predict.main(list(args))
-        except SystemExit as e:
-            code = e.code
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+    return lambda *args: run_in_process(predict.main, capsys, *args)
 
 
 def test_to_mnist_centres_and_scales_like_mnist():

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxmnist import serve
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_process
 
 RUN = REPO / "experiments" / "results" / "default"  # the committed, trained model
 
@@ -133,11 +133,8 @@ def test_page_and_assets_are_served_from_the_package(server):
 
 def run_serve(capsys, *args):
     """`python -m jaxmnist.serve ARGS` in this process, where it fails before serving."""
-    try:
-        code = serve.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    code, _, err = run_in_process(serve.main, capsys, *args)
+    return code, err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxmnist import configs, kernels, rundir, train, train_cli
+from tests.conftest import run_in_process
 
 # Short runs on the synthetic splits: 8 steps of 128 an epoch, 500 images to evaluate,
 # with augmentation, dropout and BatchNorm as the recipes have them, on a net of the
@@ -234,13 +235,8 @@ def test_run_directory_errors_name_values_not_flags(synthetic_splits, tmp_path):
 
 
 def run_main(capsys, *args):
-    """`python -m jaxmnist.train ARGS` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = train_cli.main(["--no-progress", *args])
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """`python -m jaxmnist.train --no-progress ARGS` in this process."""
+    return run_in_process(train_cli.main, capsys, "--no-progress", *args)
 
 
 @pytest.mark.parametrize("args, message", [
