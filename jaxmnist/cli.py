@@ -80,13 +80,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def unit_interval(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def architecture(text: str) -> str:
     """A `jaxmnist.models` layer string, e.g. 'c8 c16 p t8 v16 v16'."""
     from jaxmnist.models import ArchError, parse_arch
