@@ -34,15 +34,17 @@ PUBLISHED = [
 ]
 
 
-def count_params(arch: str) -> int:
+def count_params(config) -> int:
+    """The config's net's parameters, counted as PyTorch's summary counts them."""
     import jax
     import jax.numpy as jnp
 
-    from jaxmnist.models import Net, count_params
+    from jaxmnist.models import count_params as count
+    from jaxmnist.train import make_model
 
-    variables = jax.eval_shape(Net(arch=arch).init, jax.random.key(0),
+    variables = jax.eval_shape(make_model(config).init, jax.random.key(0),
                                jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-    return count_params(variables["params"])
+    return count(variables["params"])
 
 
 def runs_made_alone(results: Path) -> set[str]:
@@ -83,8 +85,8 @@ def load_groups(results: Path) -> list[dict]:
         accuracies = [r["accuracy"] for r in runs]
         out.append({
             "name": min((r["name"] for r in runs), key=len),
-            "arch": group["config"].arch,
-            "params": count_params(group["config"].arch),
+            "arch": group["config"].arch + (", conv biases" if group["config"].bias else ""),
+            "params": count_params(group["config"]),
             "epochs": group["config"].epochs,
             "runs": runs,
             "mean": statistics.mean(accuracies),

@@ -28,13 +28,25 @@ def describe(config: dict) -> str:
         parts.insert(0, f"`{config['arch']}`")
     if config["epochs"] != 20:
         parts.append(f"{config['epochs']} epochs")
-    if config["dropout"] != 0.069:
+    if config.get("bias"):
+        parts.insert(1, "conv biases")
+    if config["dropout"] and config.get("dropout_at", "blocks") == "pools":
+        parts.append(f"dropout {config['dropout']:g} after pools only")
+    elif config["dropout"] != 0.069:
         parts.append(f"dropout {config['dropout']:g}")
+    if config.get("label_smoothing"):
+        parts.append(f"label smoothing {config['label_smoothing']:g}")
     if config["batch_size"] != 128:
         parts.append(f"batch {config['batch_size']}")
     if config["rotate_degrees"] or config["shift_pixels"]:
         parts.append(f"rotate ±{config['rotate_degrees']:g}°, shift ±{config['shift_pixels']:g} px")
-    else:
+    if config.get("scale"):
+        parts.append(f"zoom ±{100 * config['scale']:g} %")
+    if config.get("brightness") or config.get("contrast"):
+        parts.append(f"brightness ±{config.get('brightness', 0):g}, "
+                     f"contrast ±{config.get('contrast', 0):g}")
+    if not any(config.get(k) for k in ("rotate_degrees", "shift_pixels", "scale",
+                                       "brightness", "contrast")):
         parts.append("no augmentation")
     return ", ".join(parts)
 

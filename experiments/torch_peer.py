@@ -1,7 +1,10 @@
-"""The same 12,088-parameter net and seed recipe in PyTorch eager, for `compare.py`.
+"""A jaxmnist recipe's net and step in PyTorch eager, for `compare.py`.
 
-Times steady-state training steps (batch 128, dropout 0.069, SGD lr 0.04 momentum 0.9)
-on synthetic MNIST-shaped batches and prints one JSON line with `train_images_per_s`.
+Builds the recipe's net (`--recipe`, default the seed net: 12,088 params) layer for
+layer from its `arch` string, with its bias, dropout and dropout placement, checks that
+it has the same number of parameters as the jaxmnist net, and times steady-state
+training steps (the recipe's batch size and dropout, SGD momentum 0.9) on synthetic
+MNIST-shaped batches; prints one JSON line with `train_images_per_s`.
 `--tuned` runs it as a PyTorch user would tune it for a CPU: model and input in
 `channels_last` memory format and the forward pass under bfloat16 autocast.
 Needs the `compare` extra (`pip install -e '.[compare]'`, torch==2.13.0, CPU build).
@@ -16,36 +19,50 @@ import torch
 from torch import nn
 
 
-def block(cin, cout, padding, dropout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=padding, bias=False), nn.ReLU(),
-                         nn.BatchNorm2d(cout), nn.Dropout(dropout))
+def build(config) -> nn.Sequential:
+    """The PyTorch net `jaxmnist.models.Net` builds for `config`."""
+    from jaxmnist.models import parse_arch
 
-
-class Net(nn.Module):
-    def __init__(self, dropout=0.069):
-        super().__init__()
-        self.features = nn.Sequential(
-            block(1, 8, 1, dropout), block(8, 16, 1, dropout), block(16, 16, 1, dropout),
-            nn.MaxPool2d(2), nn.Conv2d(16, 8, 1, bias=False),
-            block(8, 16, 0, dropout), block(16, 16, 0, dropout), block(16, 16, 0, dropout),
-            block(16, 16, 0, dropout), nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 10, 1, bias=False))
-
-    def forward(self, x):
-        return self.features(x).flatten(1)
+    layers, channels = [], 1
+    block_dropout = config.dropout if config.dropout_at == "blocks" else 0.0
+    for kind, _, features in parse_arch(config.arch):
+        if kind in ("conv", "valid"):
+            layers += [nn.Conv2d(channels, features, 3, padding=1 if kind == "conv" else 0,
+                                 bias=config.bias), nn.ReLU(), nn.BatchNorm2d(features)]
+            layers += [nn.Dropout(block_dropout)] if block_dropout else []
+        elif kind == "pool":
+            layers.append(nn.MaxPool2d(2))
+            if config.dropout_at == "pools" and config.dropout:
+                layers.append(nn.Dropout(config.dropout))
+            features = channels
+        else:
+            layers.append(nn.Conv2d(channels, features, 1, bias=config.bias))
+        channels = features
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=config.bias),
+               nn.Flatten(1)]
+    return nn.Sequential(*layers)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="seed", help="whose net and batch size (default seed)")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default: the recipe's")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--tuned", action="store_true",
                    help="channels_last and bfloat16 autocast (default: plain fp32 eager)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Net()
-    assert sum(p.numel() for p in model.parameters()) == 12_088
+    from jaxmnist import configs
+
+    config = configs.RECIPES[args.recipe]()
+    args.batch_size = args.batch_size or config.batch_size
+    model = build(config)
+    params = sum(p.numel() for p in model.parameters())
+    if params != jaxmnist_params(config):
+        raise SystemExit(f"torch_peer: {params} params, jaxmnist's net has "
+                         f"{jaxmnist_params(config)}")
     opt = torch.optim.SGD(model.parameters(), lr=0.04, momentum=0.9)
     x = torch.randn(args.batch_size, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch_size,))
@@ -71,8 +88,21 @@ def main():
     dt = time.perf_counter() - t0
     print(json.dumps({"train_images_per_s": round(args.steps * args.batch_size / dt, 1),
                       "step_ms": round(1000 * dt / args.steps, 2), "threads": args.threads,
-                      "tuned": args.tuned,
+                      "tuned": args.tuned, "recipe": args.recipe, "params": params,
+                      "batch_size": args.batch_size,
                       "torch": torch.__version__}))
+
+
+def jaxmnist_params(config) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmnist.models import count_params
+    from jaxmnist.train import make_model
+
+    variables = jax.eval_shape(make_model(config).init, jax.random.key(0),
+                               jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+    return count_params(variables["params"])
 
 
 if __name__ == "__main__":

@@ -32,8 +32,14 @@ class Config:
     schedule: Literal["constant", "onecycle"] = "constant"
     warmup_fraction: float = 0.3  # one-cycle: share of the steps spent rising to `lr`
     dropout: float = 0.069
+    dropout_at: Literal["blocks", "pools"] = "blocks"  # after every block, or each pool
+    bias: bool = False  # every conv with a bias (PyTorch's Conv2d default)
+    label_smoothing: float = 0.0
     rotate_degrees: float = 0.0  # augmentation: random rotation in ±degrees
     shift_pixels: float = 0.0  # augmentation: random shift in ±pixels
+    scale: float = 0.0  # augmentation: random zoom by a factor in [1 - scale, 1 + scale]
+    brightness: float = 0.0  # augmentation: + U(±brightness) on [0, 1] pixels, clipped
+    contrast: float = 0.0  # augmentation: × (1 + U(±contrast)), clipped
     validation: int = 0  # hold out the last N training images and evaluate on them
     seed: int = 0
     # jaxmnist.kernels (same maths as plain Flax layers, measured faster on XLA:CPU);
@@ -55,15 +61,20 @@ class Config:
                "must be >= 0")
         _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
                "must be a finite number > 0")
-        for name in ("momentum", "dropout", "warmup_fraction"):
+        for name in ("momentum", "dropout", "warmup_fraction", "label_smoothing", "scale",
+                     "brightness", "contrast"):
             _check(name, getattr(self, name), lambda v: 0 <= v < 1, "must be in [0, 1)")
         for name in ("rotate_degrees", "shift_pixels"):
             _check(name, getattr(self, name), lambda v: math.isfinite(v) and v >= 0,
                    "must be a finite number >= 0")
         _check("validation", self.validation, lambda v: 0 <= v < MNIST_TRAIN_IMAGES,
                f"must be in [0, {MNIST_TRAIN_IMAGES})")
-        _check("schedule", self.schedule, lambda v: v in typing.get_args(
-            field_types()["schedule"]), "must be 'constant' or 'onecycle'")
+        for name in ("schedule", "dropout_at"):
+            choices = typing.get_args(field_types()[name])
+            _check(name, getattr(self, name), lambda v, choices=choices: v in choices,
+                   f"must be {' or '.join(map(repr, choices))}")
+        if not isinstance(self.bias, bool):
+            raise ConfigError("bias", f"must be true or false, got {self.bias!r}")
         train_images = MNIST_TRAIN_IMAGES - self.validation
         if self.batch_size > train_images:
             raise ConfigError("batch_size", f"{self.batch_size} is larger than the "
@@ -123,18 +134,21 @@ def fast() -> Config:
     return Config(epochs=4, lr=0.3, schedule="onecycle")
 
 
-TINY_ARCH = "c8 c8 p v10 v10 v12 v12"
+TINY_ARCH = "c8 p v8 v10 v10 v12"
 
 
 def tiny() -> Config:
-    """The smallest net tried that reads MNIST at about 99.4 %: 4,884 parameters
-    (`TINY_ARCH`: two 8-channel blocks at 28x28, a pool, four valid blocks of 10-12
-    channels), trained with the `default` recipe (`make train-tiny`).
+    """A net under the published 3,762 parameters: `TINY_ARCH` with conv biases, 3,622
+    parameters (one 8-channel block at 28x28, a pool, four valid blocks of 8-12
+    channels), no dropout, `default`'s one-cycle schedule (20 epochs, peak lr 0.1) and
+    augmentation as the published 3,762-parameter net had it: rotation ±7°, shift ±2 px,
+    zoom ±9 %, brightness and contrast ±0.2 (`make train-tiny`).
 
-    Chosen on the validation split among two nets under 5,000 parameters trained with
-    `default`'s recipe: 99.36 % final-epoch validation accuracy, against 99.20 % for
-    `c8 c8 p v12 v12 p c16` (4,808; experiments/results/selection/sel-tiny-*)."""
-    return dataclasses.replace(default(), arch=TINY_ARCH)
+    Chosen on the validation split among six recipes for nets of 3,622-3,720 params
+    (experiments/results/selection/tiny2-*)."""
+    return dataclasses.replace(
+        default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
+        brightness=0.2, contrast=0.2)
 
 
 RECIPES = {"default": default, "fast": fast, "seed": seed, "tiny": tiny}

@@ -325,36 +325,59 @@ def epoch_permutation(key: jax.Array, n: int, batch_size: int) -> jax.Array:
     return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
 
-def augment(key: jax.Array, images: jax.Array, max_degrees: float, max_shift: float) -> jax.Array:
-    """Random rotation (uniform in ±max_degrees) and shift (uniform in ±max_shift pixels)
-    per image, bilinear, zero (background) fill. `images` are float NHWC, 1 channel."""
+def augment(key: jax.Array, images: jax.Array, max_degrees: float = 0.0,
+            max_shift: float = 0.0, max_scale: float = 0.0) -> jax.Array:
+    """Random rotation (uniform in ±max_degrees), zoom (by a factor uniform in
+    1 ± max_scale) and shift (uniform in ±max_shift pixels) per image, about the centre,
+    bilinear, zero (background) fill. `images` are float NHWC, 1 channel."""
     n, h, w, _ = images.shape
     k_rot, k_shift = jax.random.split(key)
     angle = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-max_degrees, maxval=max_degrees))
     shift = jax.random.uniform(k_shift, (n, 2), minval=-max_shift, maxval=max_shift)
+    zoom = jnp.ones((n,))
+    if max_scale:  # its own key: runs without zoom draw what they always drew
+        zoom = jax.random.uniform(jax.random.fold_in(key, 2), (n,), minval=1.0 - max_scale,
+                                  maxval=1.0 + max_scale)
     yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                           indexing="ij")
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
 
-    def warp(image, a, s):
-        # Output pixel (y, x) samples the input at the inverse rotation about the centre.
+    def warp(image, a, s, z):
+        # Output pixel (y, x) samples the input at the inverse zoom and rotation about
+        # the centre.
         cos, sin = jnp.cos(a), jnp.sin(a)
-        dy, dx = yy - cy - s[0], xx - cx - s[1]
+        dy, dx = (yy - cy - s[0]) / z, (xx - cx - s[1]) / z
         src_y = cos * dy - sin * dx + cy
         src_x = sin * dy + cos * dx + cx
         return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=1, cval=0.0)
 
-    return jax.vmap(warp)(images[..., 0], angle, shift)[..., None]
+    return jax.vmap(warp)(images[..., 0], angle, shift, zoom)[..., None]
+
+
+def adjust_brightness_contrast(key: jax.Array, images: jax.Array, brightness: float,
+                               contrast: float) -> jax.Array:
+    """x -> clip(x·(1 + c) + b, 0, 1) per image, c uniform in ±contrast and b in
+    ±brightness (Albumentations' RandomBrightnessContrast); `images` in [0, 1]."""
+    n = images.shape[0]
+    k_c, k_b = jax.random.split(key)
+    c = jax.random.uniform(k_c, (n, 1, 1, 1), minval=-contrast, maxval=contrast)
+    b = jax.random.uniform(k_b, (n, 1, 1, 1), minval=-brightness, maxval=brightness)
+    return jnp.clip(images * (1.0 + c) + b, 0.0, 1.0)
 
 
 def get_batch(
     split: Split, index: jax.Array, key: jax.Array | None = None,
-    max_degrees: float = 0.0, max_shift: float = 0.0,
+    max_degrees: float = 0.0, max_shift: float = 0.0, max_scale: float = 0.0,
+    brightness: float = 0.0, contrast: float = 0.0,
 ) -> dict[str, jax.Array]:
-    """Gathers the images at `index`, augments them (if asked) and normalises them."""
+    """Gathers the images at `index`, augments them (if asked: `augment`, then
+    `adjust_brightness_contrast`) and normalises them."""
     images = split.images[index].astype(jnp.float32) / 255.0
-    if key is not None and (max_degrees or max_shift):
-        images = augment(key, images, max_degrees, max_shift)
+    if key is not None and (max_degrees or max_shift or max_scale):
+        images = augment(key, images, max_degrees, max_shift, max_scale)
+    if key is not None and (brightness or contrast):
+        images = adjust_brightness_contrast(jax.random.fold_in(key, 3), images, brightness,
+                                            contrast)
     return {"image": standardize(images), "label": split.labels[index]}
 
 

@@ -12,6 +12,12 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
 block1, block2, ... in order, transitions transition, transition2, ...
 
+Two switches change every layer of a kind (`Net` attributes, `Config` fields):
+`bias=True` gives every conv (blocks, transitions, head) a bias, as PyTorch's `Conv2d`
+has by default (+N params per layer); `dropout_at="pools"` takes dropout out of the
+blocks and puts it after each pool instead. Parameter counts are PyTorch's: weights,
+biases and BatchNorm's scale and offset; not its running statistics.
+
 The seed net, `SEED_ARCH` (12,088 params):
 
 | block      | layers                                            | output   | params        |
@@ -76,32 +82,54 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
     return layers
 
 
+DROPOUT_AT = ("blocks", "pools")
+
+
 class ConvBlock(nn.Module):
-    """conv 3x3 (no bias) -> ReLU -> BatchNorm -> Dropout."""
+    """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none)."""
 
     features: int
     padding: str | int
     dropout_rate: float
     fast: bool = True
+    bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(
-            self.features, (3, 3), padding=self.padding, use_bias=False,
-            kernel_init=torch_conv_init, name="conv",
+            self.features, (3, 3), padding=self.padding, use_bias=self.bias,
+            kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * x.shape[-1]),
+            name="conv",
         )(x)
         x = nn.relu(x)
         # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
         batch_norm = kernels.BatchNorm if self.fast else nn.BatchNorm
         x = batch_norm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
-        dropout = kernels.HashDropout if self.fast else nn.Dropout
-        return dropout(self.dropout_rate, name="dropout")(x, deterministic=not train)
+        return _dropout(x, self.dropout_rate, self.fast, train)
+
+
+def _dropout(x: jax.Array, rate: float, fast: bool, train: bool, name="dropout") -> jax.Array:
+    if rate == 0.0:
+        return x
+    dropout = kernels.HashDropout if fast else nn.Dropout
+    return dropout(rate, name=name)(x, deterministic=not train)
+
+
+def torch_conv_bias_init(fan_in: int):
+    """PyTorch's default Conv2d bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
-    `arch` is the layer string (module docstring; default: the seed net). `fast=True`
+    `arch` is the layer string (module docstring; default: the seed net); `bias` and
+    `dropout_at` are the switches described there. `fast=True`
     uses the layers of `jaxmnist.kernels` (same maths, faster on CPU); `fast=False` uses
     plain `nn.BatchNorm`, `nn.max_pool` and `nn.Dropout`. Both have the same variables;
     they give the same outputs in eval mode, and in training mode with dropout off.
@@ -110,25 +138,37 @@ class Net(nn.Module):
     dropout_rate: float = 0.069
     fast: bool = True
     arch: str = SEED_ARCH
+    bias: bool = False
+    dropout_at: str = "blocks"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.dropout_at not in DROPOUT_AT:
+            raise ValueError(f"dropout_at must be one of {DROPOUT_AT}, got {self.dropout_at!r}")
+        block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
+        pools = 0
         for kind, name, features in parse_arch(self.arch):
             if kind in ("conv", "valid"):
                 padding = 1 if kind == "conv" else "VALID"
-                x = ConvBlock(features, padding, self.dropout_rate, self.fast, name=name)(
+                x = ConvBlock(features, padding, block_rate, self.fast, self.bias, name=name)(
                     x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)
                 else:  # odd sizes: nn.max_pool drops the last row/column, as PyTorch does
                     x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                if self.dropout_at == "pools":
+                    pools += 1
+                    x = _dropout(x, self.dropout_rate, self.fast, train, f"pool{pools}_dropout")
             else:
-                x = nn.Conv(features, (1, 1), use_bias=False, kernel_init=torch_conv_init,
-                            name=name)(x)
+                x = self._conv1x1(x, features, name)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
-        x = nn.Conv(10, (1, 1), use_bias=False, kernel_init=torch_conv_init, name="head")(x)
+        x = self._conv1x1(x, 10, "head")
         return x.reshape(x.shape[0], 10)
+
+    def _conv1x1(self, x: jax.Array, features: int, name: str) -> jax.Array:
+        return nn.Conv(features, (1, 1), use_bias=self.bias, kernel_init=torch_conv_init,
+                       bias_init=torch_conv_bias_init(x.shape[-1]), name=name)(x)
 
 
 def count_params(params) -> int:

@@ -44,8 +44,9 @@ class Trainer:
                     name, f"{getattr(config, name)} is not divisible by the {n} devices")
         self.config = config
         self.jit = jit
-        self._train_step = train.train_step
-        self.train_step = jit(train.train_step, donate_argnums=0,
+        self._train_step = functools.partial(train.train_step,
+                                             label_smoothing=config.label_smoothing)
+        self.train_step = jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.replicated, self.replicated))
         self.eval_step = jit(train.eval_step, out_shardings=self.replicated)
         self.permutation = jit(data.epoch_permutation, static_argnums=(1, 2),
@@ -59,7 +60,8 @@ class Trainer:
     def _get_batch(self, split, perm, i, key):
         c = self.config
         key = jax.random.fold_in(key, i)
-        return data.get_batch(split, perm[i], key, c.rotate_degrees, c.shift_pixels)
+        return data.get_batch(split, perm[i], key, c.rotate_degrees, c.shift_pixels, c.scale,
+                              c.brightness, c.contrast)
 
     def _train_steps(self, state, split, perm, start, key, dropout_rng, n):
         """Batches `start` … `start + n - 1` of `perm`, cut and trained on in one call

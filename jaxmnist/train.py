@@ -50,7 +50,8 @@ def uses_fast_kernels(config: configs.Config) -> bool:
 
 
 def make_model(config: configs.Config) -> Net:
-    return Net(dropout_rate=config.dropout, fast=uses_fast_kernels(config), arch=config.arch)
+    return Net(dropout_rate=config.dropout, fast=uses_fast_kernels(config), arch=config.arch,
+               bias=config.bias, dropout_at=config.dropout_at)
 
 
 def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
@@ -77,8 +78,10 @@ def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: 
     )
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-    """One SGD step on `batch`; dropout masks come from `rng` folded with the step."""
+def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, dict]:
+    """One SGD step on `batch`; dropout masks come from `rng` folded with the step. The
+    loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0."""
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
@@ -86,7 +89,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             rngs={"dropout": dropout_rng}, mutable=["batch_stats"],
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        if label_smoothing:
+            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], 10), label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+        else:
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -260,3 +260,39 @@ def test_augment_keeps_shape_and_identity_at_zero():
     moved = data.augment(jax.random.key(1), images, 7.0, 1.0)
     chex.assert_shape(moved, (4, 28, 28, 1))
     assert not np.allclose(moved, images)
+    # No zoom asked: exactly what rotation and shift alone give.
+    chex.assert_trees_all_equal(data.augment(jax.random.key(1), images, 7.0, 1.0, 0.0), moved)
+
+
+def test_zoom_scales_a_centred_square_about_the_centre():
+    # A 10x10 square at the centre: zoomed by z its area grows by about z^2, and it stays
+    # centred (the centre of mass does not move).
+    square = jnp.zeros((64, 28, 28, 1)).at[:, 9:19, 9:19].set(1.0)
+    zoomed = np.asarray(data.augment(jax.random.key(0), square, max_scale=0.2))
+    areas = zoomed.sum(axis=(1, 2, 3))
+    assert areas.min() >= 0.8**2 * 100 - 8 and areas.max() <= 1.2**2 * 100 + 8
+    assert areas.max() - areas.min() > 40  # different zooms for different images
+    yy = np.arange(28)[None, :, None, None]
+    centre_y = (zoomed * yy).sum(axis=(1, 2, 3)) / areas
+    np.testing.assert_allclose(centre_y, 13.5, atol=1e-3)
+
+
+def test_brightness_and_contrast_are_one_affine_map_per_image_clipped_to_0_1():
+    images = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+    chex.assert_trees_all_equal(
+        data.adjust_brightness_contrast(jax.random.key(1), images, 0.0, 0.0), images)
+    out = np.asarray(data.adjust_brightness_contrast(jax.random.key(1), images, 0.2, 0.3))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    x = np.asarray(images)
+    for i in range(8):
+        inside = (out[i] > 0) & (out[i] < 1)  # the pixels not clipped
+        slope, offset = np.polyfit(x[i][inside], out[i][inside], 1)
+        np.testing.assert_allclose(x[i][inside] * slope + offset, out[i][inside], atol=1e-5)
+        assert 0.7 - 1e-5 <= slope <= 1.3 + 1e-5 and abs(offset) <= 0.2 + 1e-5
+    # The batch's augmentation applies it only when asked.
+    split = data.Split(images=(np.asarray(images) * 255).astype(np.uint8),
+                       labels=np.zeros(8, np.int32))
+    plain = data.get_batch(split, jnp.arange(8), jax.random.key(2))
+    lit = data.get_batch(split, jnp.arange(8), jax.random.key(2), brightness=0.2)
+    chex.assert_trees_all_equal(plain["image"], data.get_batch(split, jnp.arange(8))["image"])
+    assert not np.allclose(lit["image"], plain["image"])

@@ -124,8 +124,46 @@ def test_bad_architectures_are_refused(arch, message):
         parse_arch(arch)
 
 
-def test_tiny_recipe_is_under_5000_parameters():
-    from jaxmnist import configs
+def test_tiny_recipe_is_under_the_published_3762_parameters():
+    from jaxmnist import configs, train
 
-    _, variables, _ = shapes(Net(arch=configs.tiny().arch))
-    assert count_params(variables["params"]) == 4_884
+    _, variables, _ = shapes(train.make_model(configs.tiny()))
+    assert count_params(variables["params"]) == 3_622 <= 3_762
+
+
+def test_bias_gives_every_conv_a_bias_and_counts_as_pytorch_does():
+    # The published 3,762-parameter layout (adilsammar/woolly-of-cv): 4,4,4 | 8,8,8 | 8,8,8
+    # with conv biases; PyTorch counts weights, biases and BatchNorm's scale and offset.
+    arch = "c4 c4 c4 p c8 c8 c8 p c8 c8 c8"
+    _, plain, _ = shapes(Net(arch=arch))
+    _, biased, _ = shapes(Net(arch=arch, bias=True))
+    assert count_params(plain["params"]) == 3_692
+    assert count_params(biased["params"]) == 3_762 == 3_692 + 3 * 4 + 6 * 8 + 10
+    chex.assert_shape(biased["params"]["head"]["bias"], (10,))
+    chex.assert_shape(biased["params"]["block1"]["conv"]["bias"], (4,))
+    model, variables, x = init(Net(arch="c4 t6", bias=True))
+    chex.assert_shape(variables["params"]["transition"]["bias"], (6,))
+    bound = 1 / np.sqrt(9 * 1)  # PyTorch's init: U(±1/sqrt(fan_in))
+    b = variables["params"]["block1"]["conv"]["bias"]
+    assert np.all(np.abs(b) <= bound) and np.any(b != 0)
+
+
+@pytest.mark.parametrize("arch, dropout_at, differs", [
+    ("c4 c4", "blocks", True), ("c4 c4", "pools", False), ("c4 p c4", "pools", True),
+])
+def test_dropout_at_puts_dropout_after_the_blocks_or_only_after_the_pools(
+        arch, dropout_at, differs):
+    model = Net(arch=arch, dropout_rate=0.5, dropout_at=dropout_at)
+    _, variables, x = init(model)
+
+    def train_logits(seed):
+        logits, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(seed)},
+                                mutable=["batch_stats"])
+        return np.asarray(logits)
+
+    assert (not np.allclose(train_logits(0), train_logits(1))) == differs
+
+
+def test_dropout_at_must_be_blocks_or_pools():
+    with pytest.raises(ValueError, match="dropout_at must be one of"):
+        init(Net(arch="c4", dropout_at="convs"))

@@ -49,6 +49,22 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
                            fresh.batch_stats["block1"]["bn"]["mean"])
 
 
+def test_label_smoothing_trains_against_smoothed_targets():
+    config = configs.Config(arch="c4 p c8", dropout=0.0)
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    batch = random_batch(n=16)
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                            batch["image"], train=True, mutable=["batch_stats"])[0]
+    # Cross-entropy against (1 - a)·one_hot + a/10, written out.
+    log_p = np.asarray(jax.nn.log_softmax(logits))
+    targets = 0.9 * np.eye(10)[np.asarray(batch["label"])] + 0.01
+    expected = -(targets * log_p).sum(-1).mean()
+    _, m = jax.jit(train.train_step, static_argnums=3)(state, batch, jax.random.key(1), 0.1)
+    _, plain = jax.jit(train.train_step)(state, batch, jax.random.key(1))
+    np.testing.assert_allclose(float(m["loss"]), expected, rtol=1e-5)
+    assert abs(float(m["loss"]) - float(plain["loss"])) > 1e-3
+
+
 @pytest.mark.skipif(not kernels.xla_cpu_knows(tuple(kernels.XLA_CPU_OPTIONS.items())),
                     reason=f"jaxlib {jax.__version__} has no YNNPACK option")
 def test_trainer_compiles_without_ynnpack_on_cpu():
@@ -213,6 +229,10 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(batch_size=59_001, validation=1000), "batch_size 59001 is larger than the 59000"),
     (dict(validation=-1), "validation must be in [0, 60000), got -1"),
     (dict(rotate_degrees=-5.0), "rotate_degrees must be a finite number >= 0, got -5.0"),
+    (dict(dropout_at="convs"), "dropout_at must be 'blocks' or 'pools', got 'convs'"),
+    (dict(label_smoothing=1.0), "label_smoothing must be in [0, 1), got 1.0"),
+    (dict(scale=-0.1), "scale must be in [0, 1), got -0.1"),
+    (dict(bias=1), "bias must be true or false, got 1"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
