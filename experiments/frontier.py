@@ -36,15 +36,10 @@ PUBLISHED = [
 
 def count_params(config) -> int:
     """The config's net's parameters, counted as PyTorch's summary counts them."""
-    import jax
-    import jax.numpy as jnp
-
     from jaxmnist.models import count_params as count
-    from jaxmnist.train import make_model
+    from jaxmnist.train import variable_shapes
 
-    variables = jax.eval_shape(make_model(config).init, jax.random.key(0),
-                               jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-    return count(variables["params"])
+    return count(variable_shapes(config)["params"])
 
 
 def runs_made_alone(results: Path) -> set[str]:

@@ -59,10 +59,9 @@ def main():
     config = configs.RECIPES[args.recipe]()
     args.batch_size = args.batch_size or config.batch_size
     model = build(config)
-    params = sum(p.numel() for p in model.parameters())
-    if params != jaxmnist_params(config):
-        raise SystemExit(f"torch_peer: {params} params, jaxmnist's net has "
-                         f"{jaxmnist_params(config)}")
+    params, expected = sum(p.numel() for p in model.parameters()), jaxmnist_params(config)
+    if params != expected:
+        raise SystemExit(f"torch_peer: {params} params, jaxmnist's net has {expected}")
     opt = torch.optim.SGD(model.parameters(), lr=0.04, momentum=0.9)
     x = torch.randn(args.batch_size, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch_size,))
@@ -94,15 +93,10 @@ def main():
 
 
 def jaxmnist_params(config) -> int:
-    import jax
-    import jax.numpy as jnp
-
     from jaxmnist.models import count_params
-    from jaxmnist.train import make_model
+    from jaxmnist.train import variable_shapes
 
-    variables = jax.eval_shape(make_model(config).init, jax.random.key(0),
-                               jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-    return count_params(variables["params"])
+    return count_params(variable_shapes(config)["params"])
 
 
 if __name__ == "__main__":

@@ -69,10 +69,11 @@ class Config:
                    "must be a finite number >= 0")
         _check("validation", self.validation, lambda v: 0 <= v < MNIST_TRAIN_IMAGES,
                f"must be in [0, {MNIST_TRAIN_IMAGES})")
-        for name in ("schedule", "dropout_at"):
-            choices = typing.get_args(field_types()[name])
-            _check(name, getattr(self, name), lambda v, choices=choices: v in choices,
-                   f"must be {' or '.join(map(repr, choices))}")
+        for name, kind in field_types().items():  # every Literal field: one of its values
+            if typing.get_origin(kind) is typing.Literal:
+                choices = typing.get_args(kind)
+                _check(name, getattr(self, name), lambda v, choices=choices: v in choices,
+                       f"must be {' or '.join(map(repr, choices))}")
         if not isinstance(self.bias, bool):
             raise ConfigError("bias", f"must be true or false, got {self.bias!r}")
         train_images = MNIST_TRAIN_IMAGES - self.validation

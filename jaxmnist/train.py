@@ -54,6 +54,12 @@ def make_model(config: configs.Config) -> Net:
                bias=config.bias, dropout_at=config.dropout_at)
 
 
+def variable_shapes(config: configs.Config) -> dict:
+    """The variables of `config`'s net as shapes (`jax.eval_shape`: nothing is compiled)."""
+    return jax.eval_shape(functools.partial(make_model(config).init, train=False),
+                          jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+
+
 def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
     if config.schedule == "constant":
         return optax.constant_schedule(config.lr)

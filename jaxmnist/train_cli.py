@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import sys
 import time
@@ -56,17 +55,12 @@ def config_from_args(args) -> configs.Config:
 
 
 def print_summary(config: configs.Config) -> None:
-    import jax
-    import jax.numpy as jnp
-
     from jaxmnist.models import count_params, summary
-    from jaxmnist.train import make_model
+    from jaxmnist.train import make_model, variable_shapes
 
-    model = make_model(config)
-    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                               jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+    variables = variable_shapes(config)
     print(f"{'layer':<12} {'output':<14} {'params':>8}")
-    for name, shape, n in summary(model, variables):
+    for name, shape, n in summary(make_model(config), variables):
         print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
     print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
 
