@@ -35,6 +35,9 @@ def build(config) -> nn.Sequential:
             if config.dropout_at == "pools" and config.dropout:
                 layers.append(nn.Dropout(config.dropout))
             features = channels
+        elif kind == "space_to_depth":
+            layers.append(nn.PixelUnshuffle(2))
+            features = 4 * channels
         else:
             layers.append(nn.Conv2d(channels, features, 1, bias=config.bias))
         channels = features

@@ -131,7 +131,9 @@ def fast() -> Config:
     that ended at 99.40 % validation accuracy or more (99.42 %;
     experiments/results/selection/fast-*). Nets 2.3x faster per image that pool right
     after the first block (`c8 p c16 c16 [t8] v16 v16 v16 v16`) ended below it at 4, 5
-    and 6 epochs (99.18-99.30 %; selection/fast-pool1*), so `fast` keeps the seed net."""
+    and 6 epochs (99.18-99.30 %; selection/fast-pool1*), as did nets that start with a
+    space-to-depth (`s`) and run up to 5x faster, at 5 and 6 epochs (selection/f5-*,
+    f6-*; experiments/README.md), so `fast` keeps the seed net."""
     return Config(epochs=4, lr=0.3, schedule="onecycle")
 
 

@@ -8,6 +8,7 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 | `vN`  | the same block with a valid conv (the image shrinks by 2) | 9·in·N + 2N         |
 | `p`   | max-pool 2x2, stride 2                                    | 0                   |
 | `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
+| `s`   | space-to-depth 2x2: HxWxC -> H/2xW/2x4C (`PixelUnshuffle(2)`) | 0                   |
 
 then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
 block1, block2, ... in order, transitions transition, transition2, ...
@@ -50,6 +51,9 @@ class ArchError(ValueError):
     """An `arch` string that does not describe a net."""
 
 
+_NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
+
+
 def parse_arch(arch: str) -> list[tuple[str, str, int]]:
     """`arch` -> [(kind, name, features)], kind in conv/valid/pool/transition, with the
     layer names the module gives them; checks that the image never shrinks below 1x1."""
@@ -58,11 +62,12 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
     if not tokens:
         raise ArchError("empty architecture")
     for token in tokens:
-        kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition"}.get(token[0])
-        if kind is None or (kind == "pool") != (token == "p"):
-            raise ArchError(f"unknown layer {token!r} (expected cN, vN, tN or p)")
+        kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition",
+                "s": "space_to_depth"}.get(token[0])
+        if kind is None or (kind in _NO_FEATURES) != (token in ("p", "s")):
+            raise ArchError(f"unknown layer {token!r} (expected cN, vN, tN, p or s)")
         features = 0
-        if kind != "pool":
+        if kind not in _NO_FEATURES:
             if not token[1:].isdigit() or int(token[1:]) == 0:
                 raise ArchError(f"{token!r}: expected a positive number of channels after "
                                 f"{token[0]!r}")
@@ -74,8 +79,10 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
             transitions += 1
             name = "transition" if transitions == 1 else f"transition{transitions}"
         else:
-            name = "pool"
-        size = size - 2 if kind == "valid" else size // 2 if kind == "pool" else size
+            name = kind
+        if kind == "space_to_depth" and size % 2:
+            raise ArchError(f"{arch!r}: 's' needs an even image size, got {size}x{size}")
+        size = size - 2 if kind == "valid" else size // 2 if kind in _NO_FEATURES else size
         if size < 1:
             raise ArchError(f"{arch!r}: the image shrinks to nothing at {token!r}")
         layers.append((kind, name, features))
@@ -83,6 +90,14 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
 
 
 DROPOUT_AT = ("blocks", "pools")
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, H/2, W/2, 4C): out[n, h, w, 4c + 2i + j] = x[n, 2h + i, 2w + j, c],
+    the channel order of PyTorch's `PixelUnshuffle(2)`."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(n, h // 2, w // 2, 4 * c)
 
 
 class ConvBlock(nn.Module):
@@ -160,6 +175,8 @@ class Net(nn.Module):
                 if self.dropout_at == "pools":
                     pools += 1
                     x = _dropout(x, self.dropout_rate, self.fast, train, f"pool{pools}_dropout")
+            elif kind == "space_to_depth":
+                x = space_to_depth(x)
             else:
                 x = self._conv1x1(x, features, name)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
@@ -184,7 +201,8 @@ def summary(model: Net, variables) -> list[tuple[str, tuple[int, ...], int]]:
                               mutable=["intermediates"])
     _, state = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
     inter = state["intermediates"]
-    names = [name for kind, name, _ in parse_arch(model.arch) if kind != "pool"] + ["head"]
+    names = [name for kind, name, _ in parse_arch(model.arch) if kind not in _NO_FEATURES]
+    names.append("head")
     rows = []
     for name in names:
         shape = (10,) if name == "head" else tuple(inter[name]["__call__"][0].shape[1:])

@@ -118,6 +118,7 @@ def test_odd_sizes_pool_like_pytorch():
 @pytest.mark.parametrize("arch, message", [
     ("", "empty"), ("c8 x3", "unknown layer 'x3'"), ("c0", "positive number"),
     ("cc", "positive number"), ("pp", "unknown layer"), ("p p p p p", "shrinks to nothing"),
+    ("s4", "unknown layer 's4'"), ("p p s", "even image size, got 7x7"),
 ])
 def test_bad_architectures_are_refused(arch, message):
     with pytest.raises(ArchError, match=message):
@@ -167,3 +168,24 @@ def test_dropout_at_puts_dropout_after_the_blocks_or_only_after_the_pools(
 def test_dropout_at_must_be_blocks_or_pools():
     with pytest.raises(ValueError, match="dropout_at must be one of"):
         init(Net(arch="c4", dropout_at="convs"))
+
+
+def test_space_to_depth_moves_each_2x2_patch_into_channels_in_pytorchs_order():
+    from jaxmnist.models import space_to_depth
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
+    out = space_to_depth(x)
+    chex.assert_shape(out, (2, 3, 2, 12))
+    expected = np.zeros((2, 3, 2, 12), np.float32)  # PixelUnshuffle(2), written out
+    for h, w, c, i, j in np.ndindex(3, 2, 3, 2, 2):
+        expected[:, h, w, 4 * c + 2 * i + j] = x[:, 2 * h + i, 2 * w + j, c]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_space_to_depth_in_a_net_halves_the_image_and_has_no_parameters():
+    model, variables, _ = shapes(Net(arch="s c16 p c8"))
+    assert parse_arch("s c16 p c8")[0] == ("space_to_depth", "space_to_depth", 0)
+    # block1 sees 4 channels at 14x14: 9*4*16 weights + 2*16 BatchNorm.
+    assert [row for row in summary(model, variables)] == [
+        ("block1", (14, 14, 16), 9 * 4 * 16 + 32), ("block2", (7, 7, 8), 9 * 16 * 8 + 16),
+        ("head", (10,), 80)]

@@ -1,0 +1,89 @@
+"""A recipe's training time over one epoch of the seed net, in one sitting on this machine.
+
+    python experiments/time_to_accuracy.py [--recipe fast] [--seeds 0,1,2]
+                                           [--data-dir DIR]
+
+For each seed, alternating (the machine is noisy): one epoch of the seed recipe (into a
+scratch folder, deleted after), then the recipe's whole run on the test set into
+experiments/results/time_to_accuracy/<recipe>[-seedN] (the committed runs of
+experiments/results/<recipe>* are left alone; an existing run there stops the script
+before anything is trained). The time of a run is
+the sum of its epochs' `seconds` in metrics.jsonl (training, evaluation, and in the
+first epoch compilation, for both). Prints and appends to
+experiments/results/time_to_accuracy.jsonl: each pair's seconds and ratio, the median
+ratio and each run's final test accuracy. Run it alone on the machine.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+RUNS = RESULTS / "time_to_accuracy"
+
+
+def train(args: list[str], out: Path, name: str) -> list[dict]:
+    """Runs `python -m jaxmnist.train` and returns the run's metrics records."""
+    subprocess.run([sys.executable, "-m", "jaxmnist.train", "--no-progress", "--out", str(out),
+                    "--name", name, *args], check=True, cwd=ROOT)
+    return [json.loads(line) for line in (out / name / "metrics.jsonl").open()]
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Model name"))
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="fast")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--data-dir", default=os.environ.get("JAXMNIST_DATA_DIR"))
+    args = p.parse_args()
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = {seed: args.recipe if seed == 0 else f"{args.recipe}-seed{seed}" for seed in seeds}
+    existing = [str(RUNS / n) for n in names.values() if (RUNS / n).exists()]
+    if existing:
+        sys.exit(f"{sys.argv[0]}: {', '.join(existing)} already exist; move them away first")
+    pairs = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as scratch:
+            seed_epoch = train(["--recipe", "seed", "--epochs", "1", *data], Path(scratch),
+                               "seed-1-epoch")[0]["seconds"]
+        name = names[seed]
+        history = train(["--recipe", args.recipe, "--seed", str(seed), *data], RUNS, name)
+        seconds = sum(r["seconds"] for r in history)
+        pairs.append({"seed": seed, "run": f"experiments/results/time_to_accuracy/{name}",
+                      "seed_net_epoch_s": round(seed_epoch, 2),
+                      "recipe_s": round(seconds, 2), "ratio": round(seconds / seed_epoch, 3),
+                      "epochs": len(history),
+                      "final_test_accuracy": history[-1]["test_accuracy"]})
+        print(json.dumps(pairs[-1]), flush=True)
+    summary = {
+        "recipe": args.recipe, "pairs": pairs,
+        "median_ratio": round(statistics.median(x["ratio"] for x in pairs), 3),
+        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    accuracies = ", ".join(f"{100 * x['final_test_accuracy']:.2f} %" for x in pairs)
+    print(f"{args.recipe}: median {summary['median_ratio']:.2f}x one seed-net epoch; final test "
+          f"accuracy {accuracies}")
+    with (RESULTS / "time_to_accuracy.jsonl").open("a") as f:
+        f.write(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()
