@@ -55,8 +55,10 @@ _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
 
 
 def parse_arch(arch: str) -> list[tuple[str, str, int]]:
-    """`arch` -> [(kind, name, features)], kind in conv/valid/pool/transition, with the
-    layer names the module gives them; checks that the image never shrinks below 1x1."""
+    """`arch` -> [(kind, name, features)], kind one of conv, valid, pool, transition and
+    space_to_depth (features 0 for pool and space_to_depth), with the layer names the
+    module gives them; checks that the image never shrinks below 1x1 and that `s` halves
+    an even size."""
     layers, blocks, transitions, size = [], 0, 0, 28
     tokens = arch.split()
     if not tokens:
