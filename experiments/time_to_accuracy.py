@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxmnist import rundir
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 RUNS = RESULTS / "time_to_accuracy"
@@ -34,7 +36,7 @@ def train(args: list[str], out: Path, name: str) -> list[dict]:
     """Runs `python -m jaxmnist.train` and returns the run's metrics records."""
     subprocess.run([sys.executable, "-m", "jaxmnist.train", "--no-progress", "--out", str(out),
                     "--name", name, *args], check=True, cwd=ROOT)
-    return [json.loads(line) for line in (out / name / "metrics.jsonl").open()]
+    return rundir.read_metrics(out / name)
 
 
 def cpu_model() -> str:

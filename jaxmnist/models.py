@@ -66,7 +66,7 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
     for token in tokens:
         kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition",
                 "s": "space_to_depth"}.get(token[0])
-        if kind is None or (kind in _NO_FEATURES) != (token in ("p", "s")):
+        if kind is None or (kind in _NO_FEATURES and len(token) > 1):
             raise ArchError(f"unknown layer {token!r} (expected cN, vN, tN, p or s)")
         features = 0
         if kind not in _NO_FEATURES:
