@@ -80,7 +80,8 @@ def load_groups(results: Path) -> list[dict]:
         accuracies = [r["accuracy"] for r in runs]
         out.append({
             "name": min((r["name"] for r in runs), key=len),
-            "arch": group["config"].arch + (", conv biases" if group["config"].bias else ""),
+            "arch": group["config"].arch + (", conv biases" if group["config"].bias else "")
+            + (", BatchNorm before ReLU" if group["config"].bn_before_relu else ""),
             "params": count_params(group["config"]),
             "epochs": group["config"].epochs,
             "runs": runs,

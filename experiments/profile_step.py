@@ -16,6 +16,10 @@ Then the fast net's layers one at a time, at their own input shapes (train mode;
 forward + backward to the parameters, and to the input except for block1, as in the
 net): each ConvBlock whole, and its convolution alone.
 
+`--layers-only --arch ARCH` times only the layers, of any net of the family: its conv
+blocks (and their convolutions alone) and its space-to-depth layers, appending one
+line per run to experiments/results/layer_costs.jsonl.
+
 `--rusage LABEL` instead runs 50 jitted train steps and reports what the process
 spent on them (user and system CPU seconds, minor page faults per step), appending
 one line with LABEL to experiments/results/rusage.jsonl; run it under different
@@ -39,7 +43,7 @@ import optax
 
 from jaxmnist import configs, data, kernels, train
 from jaxmnist.bench import synthetic_batch
-from jaxmnist.models import Net
+from jaxmnist.models import SEED_ARCH, Net, parse_arch
 
 HERE = Path(__file__).resolve().parent
 
@@ -87,18 +91,24 @@ def parts(fast: bool, batch_size: int) -> dict:
     }
 
 
-# (name, features, padding, input shape without the batch) of the net's conv blocks.
-BLOCKS = [("block1", 8, 1, (28, 28, 1)), ("block2", 16, 1, (28, 28, 8)),
-          ("block3", 16, 1, (28, 28, 16)), ("block4", 16, "VALID", (14, 14, 8)),
-          ("block5", 16, "VALID", (12, 12, 16)), ("block6", 16, "VALID", (10, 10, 16)),
-          ("block7", 16, "VALID", (8, 8, 16))]
+def layer_inputs(arch: str) -> list[tuple[str, str, int, tuple[int, int, int]]]:
+    """(name, kind, features, input shape without the batch) of each layer of `arch`."""
+    shape, out = (28, 28, 1), []
+    for kind, name, features in parse_arch(arch):
+        out.append((name, kind, features, shape))
+        h, w, c = shape
+        shape = {"conv": (h, w, features), "valid": (h - 2, w - 2, features),
+                 "pool": (h // 2, w // 2, c), "space_to_depth": (h // 2, w // 2, 4 * c),
+                 "transition": (h, w, features)}[kind]
+    return out
 
 
-def layer_parts(batch_size: int) -> dict:
-    """name -> (jitted forward + backward of one layer, args), fast kernels."""
+def layer_parts(batch_size: int, arch: str = SEED_ARCH) -> dict:
+    """name -> (jitted forward + backward of one layer, args), fast kernels: the conv
+    blocks of `arch` (whole, and their convolution alone) and its space-to-depth layers."""
     import flax.linen as nn
 
-    from jaxmnist.models import ConvBlock
+    from jaxmnist.models import ConvBlock, space_to_depth
 
     def sum_of_squares(module, variables, argnums):
         def loss(params, x):
@@ -113,15 +123,22 @@ def layer_parts(batch_size: int) -> dict:
             return jnp.sum(y * y)
         return jit(jax.value_and_grad(loss, argnums))
 
-    out = {}
-    for name, features, padding, shape in BLOCKS:
+    out, first = {}, True
+    for name, kind, features, shape in layer_inputs(arch):
         x = jax.random.normal(jax.random.key(0), (batch_size, *shape))
+        label = f"{name} {shape[0]}x{shape[1]} {shape[2]}->{features}"
+        if kind == "space_to_depth" and not first:
+            out[f"space_to_depth {shape[0]}x{shape[1]}x{shape[2]}"] = (
+                jit(jax.value_and_grad(lambda x: jnp.sum(space_to_depth(x) ** 2))), (x,))
+        if kind not in ("conv", "valid"):
+            continue
+        padding = 1 if kind == "conv" else "VALID"
         block = ConvBlock(features, padding, 0.069, fast=True)
         variables = block.init(jax.random.key(1), x, train=False)
         conv = nn.Conv(features, (3, 3), padding=padding, use_bias=False)
-        label = f"{name} {shape[0]}x{shape[1]} {shape[2]}->{features}"
         # The net needs no gradient with respect to the images themselves.
-        argnums = 0 if name == "block1" else (0, 1)
+        argnums = 0 if first else (0, 1)
+        first = False
         out[label] = (sum_of_squares(block, variables, argnums), (variables["params"], x))
         out[f"{label} conv only"] = (conv_sum_of_squares(conv, argnums),
                                      (variables["params"]["conv"], x))
@@ -178,7 +195,29 @@ def main():
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rusage", metavar="LABEL", help="only the CPU-time and page-fault probe")
+    p.add_argument("--layers-only", action="store_true",
+                   help="only the layers of --arch, appended to results/layer_costs.jsonl")
+    p.add_argument("--arch", default=SEED_ARCH, help="the net for --layers-only")
     args = p.parse_args()
+    if args.arch != SEED_ARCH and not args.layers_only:
+        p.error("--arch needs --layers-only (the whole-step parts are the seed net's)")
+    if args.layers_only:
+        layers = layer_parts(args.batch_size, args.arch)
+        layer_samples = {name: [] for name in layers}
+        for _ in range(args.rounds):
+            for name, (fn, fargs) in layers.items():
+                layer_samples[name].append(time_ms(fn, fargs, args.steps))
+        result = {"arch": args.arch, "layer_ms_median": {
+            n: round(statistics.median(ms), 3) for n, ms in layer_samples.items()},
+            "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
+            **run_info()}
+        for name, ms in result["layer_ms_median"].items():
+            print(f"{name:<36} {ms:>8.2f}")
+        print(f"{'sum (blocks and space-to-depth)':<36} "
+              f"{sum(ms for n, ms in result['layer_ms_median'].items() if 'only' not in n):>8.2f}")
+        with (HERE / "results" / "layer_costs.jsonl").open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        return
     if args.rusage:
         import os
 

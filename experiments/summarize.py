@@ -30,6 +30,8 @@ def describe(config: dict) -> str:
         parts.append(f"{config['epochs']} epochs")
     if config.get("bias"):
         parts.insert(1, "conv biases")
+    if config.get("bn_before_relu"):
+        parts.insert(1, "BatchNorm before ReLU")
     if config["dropout"] and config.get("dropout_at", "blocks") == "pools":
         parts.append(f"dropout {config['dropout']:g} after pools only")
     elif config["dropout"] != 0.069:
@@ -48,6 +50,8 @@ def describe(config: dict) -> str:
     if not any(config.get(k) for k in ("rotate_degrees", "shift_pixels", "scale",
                                        "brightness", "contrast")):
         parts.append("no augmentation")
+    elif config.get("augment_probability", 1.0) != 1.0:
+        parts.append(f"each with probability {config['augment_probability']:g}")
     return ", ".join(parts)
 
 

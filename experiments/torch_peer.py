@@ -1,10 +1,10 @@
 """A jaxmnist recipe's net and step in PyTorch eager, for `compare.py`.
 
 Builds the recipe's net (`--recipe`, default the seed net: 12,088 params) layer for
-layer from its `arch` string, with its bias, dropout and dropout placement, checks that
-it has the same number of parameters as the jaxmnist net, and times steady-state
-training steps (the recipe's batch size and dropout, SGD momentum 0.9) on synthetic
-MNIST-shaped batches; prints one JSON line with `train_images_per_s`.
+layer from its `arch` string, with its bias, dropout, dropout placement and block
+order, checks that it has the same number of parameters as the jaxmnist net, and
+times steady-state training steps (the recipe's batch size and dropout, SGD momentum
+0.9) on synthetic MNIST-shaped batches; prints one JSON line with `train_images_per_s`.
 `--tuned` runs it as a PyTorch user would tune it for a CPU: model and input in
 `channels_last` memory format and the forward pass under bfloat16 autocast.
 Needs the `compare` extra (`pip install -e '.[compare]'`, torch==2.13.0, CPU build).
@@ -27,8 +27,10 @@ def build(config) -> nn.Sequential:
     block_dropout = config.dropout if config.dropout_at == "blocks" else 0.0
     for kind, _, features in parse_arch(config.arch):
         if kind in ("conv", "valid"):
+            relu_bn = [nn.ReLU(), nn.BatchNorm2d(features)]
             layers += [nn.Conv2d(channels, features, 3, padding=1 if kind == "conv" else 0,
-                                 bias=config.bias), nn.ReLU(), nn.BatchNorm2d(features)]
+                                 bias=config.bias),
+                       *(relu_bn[::-1] if config.bn_before_relu else relu_bn)]
             layers += [nn.Dropout(block_dropout)] if block_dropout else []
         elif kind == "pool":
             layers.append(nn.MaxPool2d(2))

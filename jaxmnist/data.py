@@ -368,17 +368,29 @@ def adjust_brightness_contrast(key: jax.Array, images: jax.Array, brightness: fl
 def get_batch(
     split: Split, index: jax.Array, key: jax.Array | None = None,
     max_degrees: float = 0.0, max_shift: float = 0.0, max_scale: float = 0.0,
-    brightness: float = 0.0, contrast: float = 0.0,
+    brightness: float = 0.0, contrast: float = 0.0, probability: float = 1.0,
 ) -> dict[str, jax.Array]:
     """Gathers the images at `index`, augments them (if asked: `augment`, then
-    `adjust_brightness_contrast`) and normalises them."""
+    `adjust_brightness_contrast`, each applied to an image with `probability`, drawn
+    per image and per transform, as Albumentations' `p`) and normalises them."""
     images = split.images[index].astype(jnp.float32) / 255.0
     if key is not None and (max_degrees or max_shift or max_scale):
-        images = augment(key, images, max_degrees, max_shift, max_scale)
+        images = _sometimes(jax.random.fold_in(key, 4), probability, images,
+                            augment(key, images, max_degrees, max_shift, max_scale))
     if key is not None and (brightness or contrast):
-        images = adjust_brightness_contrast(jax.random.fold_in(key, 3), images, brightness,
-                                            contrast)
+        images = _sometimes(jax.random.fold_in(key, 5), probability, images,
+                            adjust_brightness_contrast(jax.random.fold_in(key, 3), images,
+                                                       brightness, contrast))
     return {"image": standardize(images), "label": split.labels[index]}
+
+
+def _sometimes(key: jax.Array, probability: float, images: jax.Array,
+               transformed: jax.Array) -> jax.Array:
+    """Each image of `transformed` with `probability`, else the one of `images`."""
+    if probability == 1.0:  # no draw: runs that augment every image draw what they always drew
+        return transformed
+    chosen = jax.random.bernoulli(key, probability, (images.shape[0], 1, 1, 1))
+    return jnp.where(chosen, transformed, images)
 
 
 jax.tree_util.register_dataclass(Split, data_fields=["images", "labels"], meta_fields=[])

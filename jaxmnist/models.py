@@ -13,11 +13,13 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
 block1, block2, ... in order, transitions transition, transition2, ...
 
-Two switches change every layer of a kind (`Net` attributes, `Config` fields):
+Three switches change every layer of a kind (`Net` attributes, `Config` fields):
 `bias=True` gives every conv (blocks, transitions, head) a bias, as PyTorch's `Conv2d`
 has by default (+N params per layer); `dropout_at="pools"` takes dropout out of the
-blocks and puts it after each pool instead. Parameter counts are PyTorch's: weights,
-biases and BatchNorm's scale and offset; not its running statistics.
+blocks and puts it after each pool instead; `bn_before_relu=True` makes every block
+conv -> BatchNorm -> ReLU (-> Dropout), the more common order, with the same params.
+Parameter counts are PyTorch's: weights, biases and BatchNorm's scale and offset; not
+its running statistics.
 
 The seed net, `SEED_ARCH` (12,088 params):
 
@@ -103,13 +105,15 @@ def space_to_depth(x: jax.Array) -> jax.Array:
 
 
 class ConvBlock(nn.Module):
-    """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none)."""
+    """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none); with
+    `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout."""
 
     features: int
     padding: str | int
     dropout_rate: float
     fast: bool = True
     bias: bool = False
+    bn_before_relu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -118,10 +122,10 @@ class ConvBlock(nn.Module):
             kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * x.shape[-1]),
             name="conv",
         )(x)
-        x = nn.relu(x)
         # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
-        batch_norm = kernels.BatchNorm if self.fast else nn.BatchNorm
-        x = batch_norm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+        batch_norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")
+        x = nn.relu(batch_norm(x)) if self.bn_before_relu else batch_norm(nn.relu(x))
         return _dropout(x, self.dropout_rate, self.fast, train)
 
 
@@ -145,8 +149,8 @@ def torch_conv_bias_init(fan_in: int):
 class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
-    `arch` is the layer string (module docstring; default: the seed net); `bias` and
-    `dropout_at` are the switches described there. `fast=True`
+    `arch` is the layer string (module docstring; default: the seed net); `bias`,
+    `dropout_at` and `bn_before_relu` are the switches described there. `fast=True`
     uses the layers of `jaxmnist.kernels` (same maths, faster on CPU); `fast=False` uses
     plain `nn.BatchNorm`, `nn.max_pool` and `nn.Dropout`. Both have the same variables;
     they give the same outputs in eval mode, and in training mode with dropout off.
@@ -157,6 +161,7 @@ class Net(nn.Module):
     arch: str = SEED_ARCH
     bias: bool = False
     dropout_at: str = "blocks"
+    bn_before_relu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -167,8 +172,8 @@ class Net(nn.Module):
         for kind, name, features in parse_arch(self.arch):
             if kind in ("conv", "valid"):
                 padding = 1 if kind == "conv" else "VALID"
-                x = ConvBlock(features, padding, block_rate, self.fast, self.bias, name=name)(
-                    x, train)
+                x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
+                              self.bn_before_relu, name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)

@@ -296,3 +296,20 @@ def test_brightness_and_contrast_are_one_affine_map_per_image_clipped_to_0_1():
     lit = data.get_batch(split, jnp.arange(8), jax.random.key(2), brightness=0.2)
     chex.assert_trees_all_equal(plain["image"], data.get_batch(split, jnp.arange(8))["image"])
     assert not np.allclose(lit["image"], plain["image"])
+
+
+def test_augment_probability_transforms_that_share_of_the_images_and_leaves_the_rest():
+    images = jax.random.uniform(jax.random.key(0), (400, 28, 28, 1))
+    split = data.Split(images=(np.asarray(images) * 255).astype(np.uint8),
+                       labels=np.zeros(400, np.int32))
+    index, key = jnp.arange(400), jax.random.key(2)
+    plain = np.asarray(data.get_batch(split, index)["image"])
+    for kwargs in (dict(max_degrees=10.0, max_shift=2.0), dict(brightness=0.2, contrast=0.2)):
+        every = np.asarray(data.get_batch(split, index, key, **kwargs)["image"])
+        half = np.asarray(data.get_batch(split, index, key, **kwargs, probability=0.5)["image"])
+        # (to round-off: XLA fuses the normalisation differently in the two programs)
+        untouched = np.all(np.isclose(half, plain, atol=1e-5), axis=(1, 2, 3))
+        assert 150 < untouched.sum() < 250  # about half, drawn per image
+        # The others are transformed exactly as with probability 1.
+        np.testing.assert_allclose(half[~untouched], every[~untouched], atol=1e-5)
+        assert not np.any(np.all(np.isclose(every, plain, atol=1e-5), axis=(1, 2, 3)))

@@ -165,6 +165,34 @@ def test_dropout_at_puts_dropout_after_the_blocks_or_only_after_the_pools(
     assert (not np.allclose(train_logits(0), train_logits(1))) == differs
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_bn_before_relu_swaps_batchnorm_and_relu_with_the_same_parameters(fast):
+    from jaxmnist.models import ConvBlock
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    relu_bn, bn_relu = ConvBlock(4, 1, 0.0, fast), ConvBlock(4, 1, 0.0, fast, bn_before_relu=True)
+    variables = relu_bn.init(jax.random.key(1), x, train=False)
+    chex.assert_trees_all_equal_shapes(variables, bn_relu.init(jax.random.key(1), x, train=False))
+    # Running statistics and an offset that make the order matter.
+    variables = {"params": {**variables["params"], "bn": {"scale": jnp.full(4, 2.0),
+                                                          "bias": jnp.full(4, -0.3)}},
+                 "batch_stats": {"bn": {"mean": jnp.full(4, 0.2), "var": jnp.full(4, 4.0)}}}
+    conv = jax.lax.conv_general_dilated(x, variables["params"]["conv"]["kernel"], (1, 1),
+                                        [(1, 1), (1, 1)],
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def bn(y):
+        return (y - 0.2) / np.sqrt(4.0 + 1e-5) * 2.0 - 0.3
+
+    chex.assert_trees_all_close(bn_relu.apply(variables, x, train=False),
+                                jax.nn.relu(bn(conv)), atol=1e-5)
+    chex.assert_trees_all_close(relu_bn.apply(variables, x, train=False),
+                                bn(jax.nn.relu(conv)), atol=1e-5)
+    arch = "c4 p v8 t6"
+    assert (count_params(shapes(Net(arch=arch, bn_before_relu=True))[1]["params"])
+            == count_params(shapes(Net(arch=arch))[1]["params"]))
+
+
 def test_dropout_at_must_be_blocks_or_pools():
     with pytest.raises(ValueError, match="dropout_at must be one of"):
         init(Net(arch="c4", dropout_at="convs"))

@@ -233,6 +233,8 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(label_smoothing=1.0), "label_smoothing must be in [0, 1), got 1.0"),
     (dict(scale=-0.1), "scale must be in [0, 1), got -0.1"),
     (dict(bias=1), "bias must be true or false, got 1"),
+    (dict(bn_before_relu="yes"), "bn_before_relu must be true or false, got 'yes'"),
+    (dict(augment_probability=0.0), "augment_probability must be in (0, 1], got 0.0"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
