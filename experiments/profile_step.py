@@ -163,6 +163,16 @@ def time_ms(fn, args, steps: int) -> float:
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def round_robin_medians(parts: dict, rounds: int, steps: int) -> dict:
+    """key -> median ms of `parts[key] = (fn, args)`, each part timed once per round, in
+    order, `rounds` times (the machine is noisy)."""
+    samples = {key: [] for key in parts}
+    for _ in range(rounds):
+        for key, (fn, fargs) in parts.items():
+            samples[key].append(time_ms(fn, fargs, steps))
+    return {key: statistics.median(ms) for key, ms in samples.items()}
+
+
 def rusage_probe(steps: int = 50, rounds: int = 3) -> dict:
     """CPU seconds and minor page faults of `steps` jitted train steps, per round."""
     import resource
@@ -202,13 +212,10 @@ def main():
     if args.arch != SEED_ARCH and not args.layers_only:
         p.error("--arch needs --layers-only (the whole-step parts are the seed net's)")
     if args.layers_only:
-        layers = layer_parts(args.batch_size, args.arch)
-        layer_samples = {name: [] for name in layers}
-        for _ in range(args.rounds):
-            for name, (fn, fargs) in layers.items():
-                layer_samples[name].append(time_ms(fn, fargs, args.steps))
+        layer_median = round_robin_medians(layer_parts(args.batch_size, args.arch),
+                                           args.rounds, args.steps)
         result = {"arch": args.arch, "layer_ms_median": {
-            n: round(statistics.median(ms), 3) for n, ms in layer_samples.items()},
+            n: round(ms, 3) for n, ms in layer_median.items()},
             "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
             **run_info()}
         for name, ms in result["layer_ms_median"].items():
@@ -231,16 +238,12 @@ def main():
         return
     variants = {"fast": parts(True, args.batch_size), "flax": parts(False, args.batch_size)}
     layers = layer_parts(args.batch_size)
-    samples = {(v, name): [] for v, ps in variants.items() for name in ps}
-    layer_samples = {name: [] for name in layers}
-    for _ in range(args.rounds):
-        for v, ps in variants.items():
-            for name, (fn, fargs) in ps.items():
-                samples[v, name].append(time_ms(fn, fargs, args.steps))
-        for name, (fn, fargs) in layers.items():
-            layer_samples[name].append(time_ms(fn, fargs, args.steps))
-    median = {k: statistics.median(s) for k, s in samples.items()}
-    layer_median = {k: statistics.median(s) for k, s in layer_samples.items()}
+    # Variants first, then layers, in every round, as one round-robin.
+    all_parts = {**{(v, name): part for v, ps in variants.items() for name, part in ps.items()},
+                 **{("layer", name): part for name, part in layers.items()}}
+    all_median = round_robin_medians(all_parts, args.rounds, args.steps)
+    median = {k: ms for k, ms in all_median.items() if k[0] != "layer"}
+    layer_median = {k[1]: ms for k, ms in all_median.items() if k[0] == "layer"}
     names = list(variants["fast"])
     head = f"part (ms per batch of {args.batch_size})"
     print(f"{head:<28} {'fast kernels':>12} "
