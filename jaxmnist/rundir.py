@@ -149,8 +149,11 @@ def checkpoint_manager(run_dir: Path, asynchronous: bool = False):
 
 
 def _state_dict(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "step": state.step}
+    saved = {"params": state.params, "batch_stats": state.batch_stats,
+             "opt_state": state.opt_state, "step": state.step}
+    if state.ema is not None:
+        saved["ema"] = state.ema
+    return saved
 
 
 def save_checkpoint(manager, epoch: int, state, wait: bool = True) -> None:
@@ -178,7 +181,8 @@ def restore_checkpoint(manager, state, epoch: int | None = None):
 
 
 def load_trained(run_dir: str | os.PathLike):
-    """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json)."""
+    """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json);
+    the variables are those it was evaluated with (`train.eval_variables`)."""
     from jaxmnist import train  # which builds the model and the state to restore into
 
     run_dir = Path(run_dir)
@@ -188,4 +192,4 @@ def load_trained(run_dir: str | os.PathLike):
         raise RunDirError(f"{run_dir}: no checkpoint")
     state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
     _, state = restore_checkpoint(manager, state)
-    return train.make_model(config), {"params": state.params, "batch_stats": state.batch_stats}
+    return train.make_model(config), train.eval_variables(state)

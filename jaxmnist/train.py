@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from jaxmnist import configs, data, multihost, rundir
@@ -35,6 +36,29 @@ log = logging.getLogger("jaxmnist")
 
 class TrainState(train_state.TrainState):
     batch_stats: Any
+    # With `ema_decay` > 0: {"params", "batch_stats"} averaged over the steps (an
+    # exponential moving average), which is what is evaluated and kept; else None.
+    ema: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads, **kwargs) -> TrainState:
+        """The SGD step, then the average moved towards the new weights and statistics."""
+        state = super().apply_gradients(grads=grads, **kwargs)
+        if state.ema is None:
+            return state
+        # The decay ramps up, (1 + t) / (10 + t) after step t while that is smaller (timm's
+        # ModelEmaV2 warm-up), so the early average is not mostly of the initial weights.
+        step = jnp.asarray(state.step, jnp.float32)
+        decay = jnp.minimum(state.ema_decay, (1 + step) / (10 + step))
+        live = {"params": state.params, "batch_stats": state.batch_stats}
+        return state.replace(ema=optax.incremental_update(live, state.ema, 1 - decay))
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The variables to evaluate and serve: the average where there is one."""
+    if state.ema is not None:
+        return state.ema
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,7 +105,9 @@ def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: 
     tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
-        batch_stats=variables["batch_stats"],
+        batch_stats=variables["batch_stats"], ema_decay=config.ema_decay,
+        # A copy: the state is donated to the step, and no buffer may appear twice in it.
+        ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay else None,
     )
 
 
@@ -110,10 +136,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: 
 
 
 def eval_step(state: TrainState, batch: dict) -> dict:
-    """Summed loss and correct count over the rows of `batch` where `mask` is set."""
-    logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-    )
+    """Summed loss and correct count over the rows of `batch` where `mask` is set, of
+    `eval_variables(state)`."""
+    logits = state.apply_fn(eval_variables(state), batch["image"], train=False)
     mask = batch["mask"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = jnp.argmax(logits, -1) == batch["label"]

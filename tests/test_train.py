@@ -65,6 +65,33 @@ def test_label_smoothing_trains_against_smoothed_targets():
     assert abs(float(m["loss"]) - float(plain["loss"])) > 1e-3
 
 
+def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
+    config = configs.Config(arch="c4 p c8", dropout=0.0, ema_decay=0.9)
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    assert configs.Config(arch="c4 p c8").ema_decay == 0.0
+    assert train.create_train_state(configs.Config(arch="c4 p c8"), jax.random.key(0), 10).ema \
+        is None
+    chex.assert_trees_all_equal(state.ema, {"params": state.params,
+                                            "batch_stats": state.batch_stats})
+    step, batch = jax.jit(train.train_step), random_batch(n=16)
+    expected = jax.device_get(state.ema)
+    for t in range(1, 31):
+        state, _ = step(state, batch, jax.random.key(1))
+        decay = min(0.9, (1 + t) / (10 + t))  # 0.18 at the first step, 0.9 from the 80th
+        live = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        expected = jax.tree.map(lambda e, w, d=decay: d * e + (1 - d) * w, expected, live)
+    chex.assert_trees_all_close(state.ema, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(state.ema["params"]["head"]["kernel"], state.params["head"]["kernel"])
+    # eval_step scores the average, not the newest weights.
+    eval_batch = {**batch, "mask": jnp.ones(16)}
+    averaged = train.eval_step(state, eval_batch)
+    chex.assert_trees_all_close(averaged, train.eval_step(
+        state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"],
+                      ema=None), eval_batch), rtol=1e-6)
+    assert float(averaged["loss"]) != float(train.eval_step(state.replace(ema=None),
+                                                            eval_batch)["loss"])
+
+
 @pytest.mark.skipif(not kernels.xla_cpu_knows(tuple(kernels.XLA_CPU_OPTIONS.items())),
                     reason=f"jaxlib {jax.__version__} has no YNNPACK option")
 def test_trainer_compiles_without_ynnpack_on_cpu():
@@ -198,6 +225,19 @@ def test_an_interrupted_run_resumes_to_the_same_result(synthetic_splits, tmp_pat
     chex.assert_trees_all_equal(a, b)  # params and BatchNorm statistics, bit for bit
 
 
+def test_a_run_with_a_weight_average_keeps_and_serves_it(synthetic_splits, tmp_path):
+    config = dataclasses.replace(SHORT, epochs=1, ema_decay=0.5)
+    state = train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
+    _, variables = rundir.load_trained(tmp_path / "run")
+    chex.assert_trees_all_equal(variables, jax.device_get(state.ema))
+    # A resumed run restores the average with the rest of the state.
+    manager = rundir.checkpoint_manager(tmp_path / "run")
+    fresh = train.create_train_state(config, jax.random.key(9), steps_per_epoch=8)
+    epoch, restored = rundir.restore_checkpoint(manager, fresh)
+    assert epoch == 1
+    chex.assert_trees_all_equal(jax.device_get(restored.ema), jax.device_get(state.ema))
+
+
 def test_an_interrupted_save_leaves_the_previous_checkpoint(synthetic_splits, tmp_path):
     config = dataclasses.replace(SHORT, epochs=1)
     run_dir = tmp_path / "run"
@@ -235,6 +275,7 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(bias=1), "bias must be true or false, got 1"),
     (dict(bn_before_relu="yes"), "bn_before_relu must be true or false, got 'yes'"),
     (dict(augment_probability=0.0), "augment_probability must be in (0, 1], got 0.0"),
+    (dict(ema_decay=1.0), "ema_decay must be in [0, 1), got 1.0"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
