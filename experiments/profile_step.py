@@ -59,7 +59,7 @@ def parts(fast: bool, batch_size: int) -> dict:
     state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=469)
     k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
     batch = synthetic_batch(batch_size)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state.variables()
 
     def train_loss(params, rate):
         model = Net(dropout_rate=rate, fast=fast)

@@ -31,7 +31,17 @@ and alternatives that were tried and not kept:
   first conv 9 MACs + XLA    nine multiply-adds forward, XLA's convolution weight
                              gradient backward (a custom VJP)
 
-Prints a table and writes experiments/results/step_variants.json.
+and three XLA:CPU options on top of jaxmnist's (how the compiled step's ops share the
+cores):
+  no concurrency scheduler   xla_cpu_enable_concurrency_optimized_scheduler off
+  Eigen single-threaded      xla_cpu_multi_thread_eigen off (each op on one thread)
+  oneDNN                     xla_cpu_use_onednn on
+
+`--recipe` and `--arch` time another net's step instead of the seed recipe's;
+`--variant NAME` (repeatable) times only those variants beside jaxmnist; `--out`
+writes the result elsewhere.
+
+Prints a table and writes experiments/results/step_variants.json (or `--out`).
 """
 
 import argparse
@@ -97,6 +107,22 @@ affine_channel_sum_vjp.defvjp(
     lambda res, g: (g * res[1], kernels.channel_sum(g * res[0]), kernels.channel_sum(g)))
 
 
+@jax.custom_vjp
+def affine_channel_sum_vjp_barrier(x, a, b):
+    return x * a + b
+
+
+def _affine_barrier_bwd(res, g):
+    # The barrier makes XLA compute g once, where it would otherwise recompute g's
+    # producers (dropout hash, pool routing) inside each of the two sums.
+    x, a = res
+    g, x = jax.lax.optimization_barrier((g, x))
+    return g * a, kernels.channel_sum(g * x), kernels.channel_sum(g)
+
+
+affine_channel_sum_vjp_barrier.defvjp(lambda x, a, b: (x * a + b, (x, a)), _affine_barrier_bwd)
+
+
 def affine_2d(x, a, b):
     c = x.shape[-1]
     k = kernels.channel_groups(x.size // c)
@@ -146,7 +172,8 @@ def swap_conv(conv_class):
         yield
 
 
-# name -> (fast kernels, XLA defaults, context that changes one layer while tracing)
+# name -> (fast kernels, compiler options, context that changes one layer while tracing);
+# options False: jaxmnist's, True: XLA's defaults, a dict: jaxmnist's with these on top.
 VARIANTS = {
     "jaxmnist": (True, False, contextlib.nullcontext),
     "YNNPACK convolutions": (True, True, contextlib.nullcontext),
@@ -161,6 +188,8 @@ VARIANTS = {
     "plain Flax, YNNPACK": (False, True, contextlib.nullcontext),
     "BN affine, custom VJP": (True, False, lambda: patched(
         kernels, "BatchNorm", batch_norm_with(affine_channel_sum_vjp))),
+    "BN affine, VJP + barrier": (True, False, lambda: patched(
+        kernels, "BatchNorm", batch_norm_with(affine_channel_sum_vjp_barrier))),
     "BN in a 2-D view": (True, False, lambda: patched(
         kernels, "BatchNorm", batch_norm_with(affine_2d))),
     "dropout mask stored": (True, False, lambda: patched(
@@ -169,12 +198,25 @@ VARIANTS = {
         kernels, "max_pool_2x2", strided_slice_pool)),
     "first conv 9 MACs + XLA": (True, False, lambda: swap_conv(
         functools.partial(NineMacConv, conv_weight_grad=True))),
+    "no concurrency scheduler": (True, {"xla_cpu_enable_concurrency_optimized_scheduler": False},
+                                 contextlib.nullcontext),
+    "Eigen single-threaded": (True, {"xla_cpu_multi_thread_eigen": False},
+                              contextlib.nullcontext),
+    "oneDNN": (True, {"xla_cpu_use_onednn": True}, contextlib.nullcontext),
 }
 
 
-def compiled_step(fast: bool, xla_defaults: bool, context, batch_size: int):
-    config = dataclasses.replace(configs.seed(), fast_kernels=fast, batch_size=batch_size)
-    trainer = train.Trainer(config, compiler_options={} if xla_defaults else None)
+def compiled_step(fast: bool, options: bool | dict, context, batch_size: int,
+                  recipe: str = "seed", arch: str | None = None):
+    config = dataclasses.replace(configs.RECIPES[recipe](), fast_kernels=fast,
+                                 batch_size=batch_size)
+    if arch is not None:
+        config = dataclasses.replace(config, arch=arch)
+    if isinstance(options, dict):
+        options = {**(kernels.compiler_options() or {}), **options}
+    else:
+        options = {} if options else None
+    trainer = train.Trainer(config, compiler_options=options)
     state = trainer.put(train.create_train_state(config, jax.random.key(0), 469))
     batch = jax.device_put(synthetic_batch(batch_size), trainer.sharded)
     rng = jax.random.key(1)
@@ -191,10 +233,23 @@ def main():
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="seed")
+    p.add_argument("--arch", help="another net, in the arch language (default: the recipe's)")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="a variant to time besides jaxmnist, repeatable (default: all)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "step_variants.json")
     args = p.parse_args()
+    chosen = list(VARIANTS)
+    if args.variant:
+        chosen = ["jaxmnist", *args.variant]
+        unknown = [v for v in chosen if v not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     runs = {}
-    for name, (fast, xla_defaults, context) in VARIANTS.items():
-        runs[name] = list(compiled_step(fast, xla_defaults, context, args.batch_size))
+    for name in chosen:
+        fast, options, context = VARIANTS[name]
+        runs[name] = list(compiled_step(fast, options, context, args.batch_size,
+                                        args.recipe, args.arch))
     ms = {name: [] for name in runs}
     order = list(runs)
     rng = random.Random(0)
@@ -221,8 +276,9 @@ def main():
         print(f"{name:<24} {r['speed_vs_jaxmnist']:>17.2f}x {r['step_ms_median']:>15.1f} "
               f"{r['step_ms_min']:>7.1f}")
     result = {"variants": rows, "rounds": args.rounds, "steps": args.steps,
-              "batch_size": args.batch_size, **run_info()}
-    (HERE / "results" / "step_variants.json").write_text(json.dumps(result, indent=1) + "\n")
+              "batch_size": args.batch_size, "recipe": args.recipe, "arch": args.arch,
+              **run_info()}
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def describe(config: dict) -> str:
         parts.append(f"dropout {config['dropout']:g}")
     if config.get("label_smoothing"):
         parts.append(f"label smoothing {config['label_smoothing']:g}")
+    if config.get("weight_decay"):
+        parts.append(f"weight decay {config['weight_decay']:g}")
     if config.get("ema_decay"):
         parts.append(f"weight average (EMA) {config['ema_decay']:g}")
     if config["batch_size"] != 128:

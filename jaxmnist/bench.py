@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,13 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def usable_cores() -> int:
+    """How many CPUs this process may run on (`taskset` narrows them on Linux)."""
+    if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def synthetic_batch(n: int, seed: int = 0) -> dict:
@@ -99,6 +107,7 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
         "compile_s": round(compile_s, 3),
         "step_ms": round(1000 * train_s / steps, 2),
         "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
+        "cores": usable_cores(),
         "batch_size": config.batch_size,
         "arch": config.arch,
         "params": count_params(state.params),

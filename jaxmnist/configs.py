@@ -36,6 +36,9 @@ class Config:
     bias: bool = False  # every conv with a bias (PyTorch's Conv2d default)
     bn_before_relu: bool = False  # blocks conv -> BN -> ReLU instead of conv -> ReLU -> BN
     label_smoothing: float = 0.0
+    # L2 weight decay: `weight_decay * w` added to every parameter's gradient before the
+    # momentum (PyTorch SGD's weight_decay); 0: none
+    weight_decay: float = 0.0
     # an exponential moving average of the weights (and BatchNorm statistics), updated
     # every step with this decay, is what is evaluated and kept; 0: none
     ema_decay: float = 0.0
@@ -69,7 +72,7 @@ class Config:
         _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
                "must be a finite number > 0")
         for name in ("momentum", "dropout", "warmup_fraction", "label_smoothing", "scale",
-                     "brightness", "contrast", "ema_decay"):
+                     "brightness", "contrast", "ema_decay", "weight_decay"):
             _check(name, getattr(self, name), lambda v: 0 <= v < 1, "must be in [0, 1)")
         for name in ("rotate_degrees", "shift_pixels"):
             _check(name, getattr(self, name), lambda v: math.isfinite(v) and v >= 0,
@@ -159,8 +162,8 @@ def tiny() -> Config:
 
     Chosen on the validation split among six recipes for nets of 3,622-3,720 params
     (experiments/results/selection/tiny2-*); none of the later candidates, the
-    published net's own recipe and an average of the weights among them, did better
-    there (tiny3-* to tiny6-*; experiments/README.md)."""
+    published net's own recipe, an average of the weights and weight decay among them,
+    did better there (tiny3-* to tiny7-*; experiments/README.md)."""
     return dataclasses.replace(
         default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
         brightness=0.2, contrast=0.2)

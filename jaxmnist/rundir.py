@@ -149,8 +149,7 @@ def checkpoint_manager(run_dir: Path, asynchronous: bool = False):
 
 
 def _state_dict(state) -> dict:
-    saved = {"params": state.params, "batch_stats": state.batch_stats,
-             "opt_state": state.opt_state, "step": state.step}
+    saved = {**state.variables(), "opt_state": state.opt_state, "step": state.step}
     if state.ema is not None:
         saved["ema"] = state.ema
     return saved

@@ -41,6 +41,10 @@ class TrainState(train_state.TrainState):
     ema: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
+    def variables(self) -> dict:
+        """The newest weights and BatchNorm statistics, as `apply_fn` takes them."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
     def apply_gradients(self, *, grads, **kwargs) -> TrainState:
         """The SGD step, then the average moved towards the new weights and statistics."""
         state = super().apply_gradients(grads=grads, **kwargs)
@@ -50,15 +54,13 @@ class TrainState(train_state.TrainState):
         # ModelEmaV2 warm-up), so the early average is not mostly of the initial weights.
         step = jnp.asarray(state.step, jnp.float32)
         decay = jnp.minimum(state.ema_decay, (1 + step) / (10 + step))
-        live = {"params": state.params, "batch_stats": state.batch_stats}
-        return state.replace(ema=optax.incremental_update(live, state.ema, 1 - decay))
+        return state.replace(
+            ema=optax.incremental_update(state.variables(), state.ema, 1 - decay))
 
 
 def eval_variables(state: TrainState) -> dict:
     """The variables to evaluate and serve: the average where there is one."""
-    if state.ema is not None:
-        return state.ema
-    return {"params": state.params, "batch_stats": state.batch_stats}
+    return state.variables() if state.ema is None else state.ema
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,6 +105,10 @@ def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: 
     model = make_model(config)
     variables = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
     tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None)
+    if config.weight_decay:
+        # Decay before momentum, as PyTorch's SGD(weight_decay=...) does. Without it the
+        # optimizer state is plain SGD's, as in every checkpoint written before it.
+        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
         batch_stats=variables["batch_stats"], ema_decay=config.ema_decay,

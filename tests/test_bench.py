@@ -24,6 +24,7 @@ def test_bench_prints_one_json_line(run_bench):
     assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
     assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
     assert result["compiler_options"] == "jaxmnist"
+    assert result["cores"] == bench.usable_cores() >= 1
 
 
 def test_bench_xla_defaults_compiles_with_xla_s_own_options(run_bench):

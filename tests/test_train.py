@@ -65,6 +65,30 @@ def test_label_smoothing_trains_against_smoothed_targets():
     assert abs(float(m["loss"]) - float(plain["loss"])) > 1e-3
 
 
+def test_weight_decay_adds_its_multiple_of_the_weights_to_the_gradient():
+    plain = configs.Config(arch="c4 p c8", dropout=0.0)  # constant lr 0.04, momentum 0.9
+    decayed = dataclasses.replace(plain, weight_decay=0.1)
+    batch, step = random_batch(n=16), jax.jit(train.train_step)
+    a = train.create_train_state(plain, jax.random.key(0), steps_per_epoch=10)
+    b = train.create_train_state(decayed, jax.random.key(0), steps_per_epoch=10)
+    w0 = jax.device_get(a.params)
+    a, _ = step(a, batch, jax.random.key(1))
+    b, _ = step(b, batch, jax.random.key(1))
+    # The same first gradient g: one step moves by -lr (g + wd w0) against -lr g.
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda x, y: x - y, b.params, a.params),
+        jax.tree.map(lambda w: -0.04 * 0.1 * w, w0), atol=1e-6)
+    # Before the momentum (PyTorch's order): with the same g and w twice, the second
+    # update is -lr (0.9 (g + wd w) + g + wd w).
+    g, w = jnp.ones(3), jnp.full(3, 2.0)
+    tx = train.create_train_state(decayed, jax.random.key(0), steps_per_epoch=10).tx
+    opt_state = tx.init(w)
+    for _ in range(2):
+        update, opt_state = tx.update(g, opt_state, w)
+    np.testing.assert_allclose(update, -0.04 * 1.9 * (1 + 0.1 * 2.0), rtol=1e-6)
+    assert configs.Config().weight_decay == 0.0
+
+
 def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
     config = configs.Config(arch="c4 p c8", dropout=0.0, ema_decay=0.9)
     state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
@@ -276,6 +300,7 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(bn_before_relu="yes"), "bn_before_relu must be true or false, got 'yes'"),
     (dict(augment_probability=0.0), "augment_probability must be in (0, 1], got 0.0"),
     (dict(ema_decay=1.0), "ema_decay must be in [0, 1), got 1.0"),
+    (dict(weight_decay=-0.1), "weight_decay must be in [0, 1), got -0.1"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
