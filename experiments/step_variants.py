@@ -22,6 +22,8 @@ Variants, each jaxmnist with one thing changed:
 and alternatives that were tried and not kept:
   BN affine, custom VJP      BatchNorm's x * a + b with a hand-written backward whose
                              two per-channel sums go through `channel_sum` too
+  BN affine, VJP + barrier   the same with an optimization barrier on the incoming
+                             gradient, so that XLA computes it once, not in each sum
   BN in a 2-D view           BatchNorm's x * a + b on the (M/k, k*C) view that
                              `channel_sum` uses, so that autodiff's sums are row sums
   dropout mask stored        the dropout keep-mask materialised once (an
