@@ -108,7 +108,8 @@ def main():
     batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
     rng = jax.random.key(1)
     compiled = trainer.train_step.lower(state, batch, rng).compile()
-    sources, shapes = op_sources(compiled.as_text()), op_shapes(compiled.as_text())
+    hlo_text = compiled.as_text()
+    sources, shapes = op_sources(hlo_text), op_shapes(hlo_text)
     _, state = step_ms(compiled, state, batch, rng, 3)  # warm-up
     untraced_ms, state = step_ms(compiled, state, batch, rng, args.steps)
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,12 +12,13 @@ experiments/results/s2d_layout.json.
 """
 
 import argparse
-import datetime
 import json
 import statistics
 from pathlib import Path
 
 import jax
+from profile_step import run_info  # this folder is on sys.path when run as a script
+from step_variants import patched
 
 from jaxmnist import bench, configs, models
 
@@ -45,11 +46,11 @@ def main():
     for _ in range(args.rounds):
         for arch in archs:
             for order, fn in ORDERS.items():
-                models.space_to_depth = fn  # what Net calls for an `s`, read when traced
-                result = bench.bench(configs.Config(arch=arch), steps=args.steps)
+                # What Net calls for an `s`, read when traced; put back afterwards.
+                with patched(models, "space_to_depth", fn):
+                    result = bench.bench(configs.Config(arch=arch), steps=args.steps)
                 step_ms[arch][order].append(result["step_ms"])
                 print(f"{arch:32} {order:16} {result['step_ms']:7.2f} ms per step", flush=True)
-    models.space_to_depth = ORDERS["pixelunshuffle"]
     out = {
         "step_ms": step_ms,
         "step_ms_median": {a: {o: statistics.median(v) for o, v in d.items()}
@@ -57,9 +58,7 @@ def main():
         "batch_size": configs.Config().batch_size,
         "steps": args.steps,
         "rounds": args.rounds,
-        "device": f"{jax.device_count()}x {jax.devices()[0].platform}",
-        "jax": jax.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_info(),
     }
     (RESULTS / "s2d_layout.json").write_text(json.dumps(out, indent=1) + "\n")
 
