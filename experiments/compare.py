@@ -67,7 +67,7 @@ def main():
     summary.update({
         "recipe": args.recipe, "rounds": rounds, "threads": threads, "steps": args.steps,
         "peer": args.peer,
-        "jax": jx.get("jax"), "torch": pt["torch"], "device": jx["device"],
+        "jax": jx.get("jax"), "torch": pt["torch"], "device": jx["device"], "cpu": jx.get("cpu"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
     for p in peers:

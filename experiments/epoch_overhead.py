@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -21,18 +20,9 @@ from pathlib import Path
 import jax
 
 from jaxmnist import configs, data, rundir, train
+from jaxmnist.bench import host_cpu
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int, before=None) -> dict:
@@ -86,7 +76,7 @@ def main(argv=None) -> None:
             lambda: rundir.plot_curves(history, run_dir / "curves.png"), args.repeats)
     out = {
         "command": "python experiments/epoch_overhead.py",
-        "host_cpu": cpu_model(),
+        "host_cpu": host_cpu(),
         "device": f"{jax.device_count()}x {jax.devices()[0].platform}:"
                   f"{jax.devices()[0].device_kind}",
         "jax": jax.__version__,

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from jaxmnist import rundir
+from jaxmnist.bench import host_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -37,15 +37,6 @@ def train(args: list[str], out: Path, name: str) -> list[dict]:
     subprocess.run([sys.executable, "-m", "jaxmnist.train", "--no-progress", "--out", str(out),
                     "--name", name, *args], check=True, cwd=ROOT)
     return rundir.read_metrics(out / name)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, subprocess.SubprocessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main():
@@ -77,7 +68,7 @@ def main():
     summary = {
         "recipe": args.recipe, "pairs": pairs,
         "median_ratio": round(statistics.median(x["ratio"] for x in pairs), 3),
-        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "cpu": host_cpu(), "cores": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     accuracies = ", ".join(f"{100 * x['final_test_accuracy']:.2f} %" for x in pairs)

@@ -14,6 +14,7 @@ import datetime
 import functools
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -43,6 +44,37 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+# cpuinfo flag -> the unit it names, narrowest first: XLA:CPU's speed follows the widest.
+_VECTOR_UNITS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"),
+                 ("amx_tile", "AMX"))
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    """'model name (family F, model M; its vector units)' from /proc/cpuinfo's text, read
+    off its first processor: speed ratios between nets and libraries move with all three."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip(), value.strip())
+        elif fields:  # the blank line that ends the first processor
+            break
+    flags = set(fields.get("flags", "").split())
+    units = ", ".join(name for flag, name in _VECTOR_UNITS if flag in flags) or "no AVX2"
+    name = fields.get("model name") or platform.machine() or "unknown"
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f"{name} (family {family}, model {model}; {units})"
+
+
+def host_cpu() -> str:
+    """This machine's CPU as `describe_cpu` names it; `platform.processor()` where there
+    is no /proc/cpuinfo (macOS, Windows)."""
+    try:
+        return describe_cpu(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
 
 
 def synthetic_batch(n: int, seed: int = 0) -> dict:
@@ -108,6 +140,7 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
         "step_ms": round(1000 * train_s / steps, 2),
         "device": f"{jax.device_count()}x {device.platform}:{device.device_kind}",
         "cores": usable_cores(),
+        "cpu": host_cpu() if device.platform == "cpu" else None,
         "batch_size": config.batch_size,
         "arch": config.arch,
         "params": count_params(state.params),

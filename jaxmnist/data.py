@@ -242,6 +242,12 @@ def mnist_builder(
         raise
     except _connection_errors() as e:
         raise DownloadError(MNIST.URL, e) from None
+    except FileExistsError:
+        # Another process (a second run started at the same time) finished preparing it
+        # first, and TFDS does not rename over a complete dataset: that one is as good.
+        builder = MNIST(data_dir=tfds_dir)
+        if not builder.is_prepared():
+            raise
     return builder
 
 

@@ -6,6 +6,9 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 | ----- | -------------------------------------------------------- | ------------------- |
 | `cN`  | conv 3x3 ->N, padding 1 (no bias), ReLU, BatchNorm, Dropout | 9·in·N + 2N         |
 | `vN`  | the same block with a valid conv (the image shrinks by 2) | 9·in·N + 2N         |
+| `dcN` | the `cN` block with a depthwise-separable conv: a 3x3     | 9·in + in·N + 2N    |
+|       | filter per input channel, then a 1x1 conv ->N             |                     |
+| `dvN` | the same, valid (the image shrinks by 2)                  | 9·in + in·N + 2N    |
 | `p`   | max-pool 2x2, stride 2                                    | 0                   |
 | `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
 | `s`   | space-to-depth 2x2: HxWxC -> H/2xW/2x4C (`PixelUnshuffle(2)`) | 0                   |
@@ -54,11 +57,13 @@ class ArchError(ValueError):
 
 
 _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
+_BLOCKS = ("conv", "valid", "separable_conv", "separable_valid")
 
 
 def parse_arch(arch: str) -> list[tuple[str, str, int]]:
-    """`arch` -> [(kind, name, features)], kind one of conv, valid, pool, transition and
-    space_to_depth (features 0 for pool and space_to_depth), with the layer names the
+    """`arch` -> [(kind, name, features)], kind one of conv, valid, separable_conv,
+    separable_valid, pool, transition and space_to_depth (features 0 for pool and
+    space_to_depth), with the layer names the
     module gives them; checks that the image never shrinks below 1x1 and that `s` halves
     an even size."""
     layers, blocks, transitions, size = [], 0, 0, 28
@@ -66,17 +71,20 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
     if not tokens:
         raise ArchError("empty architecture")
     for token in tokens:
+        prefix = token[:2] if token[:2] in ("dc", "dv") else token[:1]
         kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition",
-                "s": "space_to_depth"}.get(token[0])
+                "s": "space_to_depth", "dc": "separable_conv",
+                "dv": "separable_valid"}.get(prefix)
         if kind is None or (kind in _NO_FEATURES and len(token) > 1):
-            raise ArchError(f"unknown layer {token!r} (expected cN, vN, tN, p or s)")
+            raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, tN, p or s)")
         features = 0
         if kind not in _NO_FEATURES:
-            if not token[1:].isdigit() or int(token[1:]) == 0:
+            count = token[len(prefix):]
+            if not count.isdigit() or int(count) == 0:
                 raise ArchError(f"{token!r}: expected a positive number of channels after "
-                                f"{token[0]!r}")
-            features = int(token[1:])
-        if kind in ("conv", "valid"):
+                                f"{prefix!r}")
+            features = int(count)
+        if kind in _BLOCKS:
             blocks += 1
             name = f"block{blocks}"
         elif kind == "transition":
@@ -86,7 +94,10 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
             name = kind
         if kind == "space_to_depth" and size % 2:
             raise ArchError(f"{arch!r}: 's' needs an even image size, got {size}x{size}")
-        size = size - 2 if kind == "valid" else size // 2 if kind in _NO_FEATURES else size
+        if kind in ("valid", "separable_valid"):
+            size -= 2
+        elif kind in _NO_FEATURES:
+            size //= 2
         if size < 1:
             raise ArchError(f"{arch!r}: the image shrinks to nothing at {token!r}")
         layers.append((kind, name, features))
@@ -106,7 +117,9 @@ def space_to_depth(x: jax.Array) -> jax.Array:
 
 class ConvBlock(nn.Module):
     """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none); with
-    `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout."""
+    `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout. `separable`: the conv is a
+    3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
+    nonlinearity between (as Xception's separable convs)."""
 
     features: int
     padding: str | int
@@ -114,14 +127,27 @@ class ConvBlock(nn.Module):
     fast: bool = True
     bias: bool = False
     bn_before_relu: bool = False
+    separable: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(
-            self.features, (3, 3), padding=self.padding, use_bias=self.bias,
-            kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * x.shape[-1]),
-            name="conv",
-        )(x)
+        if self.separable:
+            channels = x.shape[-1]
+            x = nn.Conv(
+                channels, (3, 3), padding=self.padding, feature_group_count=channels,
+                use_bias=self.bias, kernel_init=torch_conv_init,
+                bias_init=torch_conv_bias_init(9), name="depthwise",
+            )(x)
+            x = nn.Conv(
+                self.features, (1, 1), use_bias=self.bias, kernel_init=torch_conv_init,
+                bias_init=torch_conv_bias_init(channels), name="pointwise",
+            )(x)
+        else:
+            x = nn.Conv(
+                self.features, (3, 3), padding=self.padding, use_bias=self.bias,
+                kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * x.shape[-1]),
+                name="conv",
+            )(x)
         # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
         batch_norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
             use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")
@@ -170,10 +196,11 @@ class Net(nn.Module):
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
         for kind, name, features in parse_arch(self.arch):
-            if kind in ("conv", "valid"):
-                padding = 1 if kind == "conv" else "VALID"
+            if kind in _BLOCKS:
+                padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
-                              self.bn_before_relu, name=name)(x, train)
+                              self.bn_before_relu, kind.startswith("separable"),
+                              name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)

@@ -25,6 +25,30 @@ def test_bench_prints_one_json_line(run_bench):
     assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
     assert result["compiler_options"] == "jaxmnist"
     assert result["cores"] == bench.usable_cores() >= 1
+    assert result["cpu"] == bench.host_cpu()
+
+
+ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: another CPU
+"""
+
+
+@pytest.mark.parametrize("flags, units", [
+    ("sse2 avx avx2 fma", "AVX2"), ("avx2 avx512f avx512bw", "AVX2, AVX-512"),
+    ("avx2 avx512f avx512_bf16", "AVX2, AVX-512, AVX-512 BF16"),
+    ("avx2 avx512f avx512_bf16 amx_tile amx_bf16", "AVX2, AVX-512, AVX-512 BF16, AMX"),
+    ("sse2", "no AVX2"),
+])
+def test_describe_cpu_names_the_model_family_and_vector_units(flags, units):
+    text = ZEN5.replace("fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni", flags)
+    assert bench.describe_cpu(text) == f"AMD EPYC (family 26, model 2; {units})"
 
 
 def test_bench_xla_defaults_compiles_with_xla_s_own_options(run_bench):
@@ -51,7 +75,9 @@ def test_bench_times_any_member_of_the_family(run_bench):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["recipe"] == "fast" and result["arch"] == "c4 p v8 v8"
-    assert result["params"] == 9 * 4 + 8 + 9 * 4 * 8 + 16 + 9 * 8 * 8 + 16 + 8 * 10
+    # `fast` gives every conv a bias: 4 + 8 + 8 + 10 on top of weights and BatchNorm.
+    assert result["params"] == (9 * 4 + 8 + 9 * 4 * 8 + 16 + 9 * 8 * 8 + 16 + 8 * 10
+                                + 4 + 8 + 8 + 10)
     assert result["batch_size"] == 128
 
 

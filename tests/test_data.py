@@ -112,6 +112,38 @@ def test_local_builder_prepares_tfds_mnist_once_as_array_record(fixture_dir, tmp
     assert got == want
 
 
+def test_a_run_that_loses_the_race_to_prepare_uses_the_winners_copy(fixture_dir, tmp_path,
+                                                                     monkeypatch):
+    # Two runs started at once both prepare; TFDS refuses to rename the second copy over
+    # the first (FileExistsError), and the second run reads the first's.
+    folder, digests, _ = fixture_dir
+    tfds_dir = tmp_path / "tfds"
+    prepare = data.MNIST.download_and_prepare
+
+    def lose_the_race(self, **kwargs):
+        winner = data.MNIST(arrays=data.read_idx_dir(folder, digests), sha256=digests,
+                            data_dir=tfds_dir)
+        prepare(winner, **kwargs)
+        raise FileExistsError(f"Cannot rename {tfds_dir}/mnist/incomplete.X_3.0.1. "
+                              f"Destination {tfds_dir}/mnist/3.0.1 already exists.")
+
+    monkeypatch.setattr(data.MNIST, "download_and_prepare", lose_the_race)
+    builder = data.mnist_builder(folder, tfds_dir, sha256=digests)
+    assert builder.is_prepared() and builder.info.splits["train"].num_examples == 12
+
+
+def test_a_file_exists_error_with_nothing_prepared_is_not_hidden(fixture_dir, tmp_path,
+                                                                 monkeypatch):
+    folder, digests, _ = fixture_dir
+
+    def fail(self, **kwargs):
+        raise FileExistsError("something else")
+
+    monkeypatch.setattr(data.MNIST, "download_and_prepare", fail)
+    with pytest.raises(FileExistsError, match="something else"):
+        data.mnist_builder(folder, tmp_path / "tfds", sha256=digests)
+
+
 def tree_snapshot(root: Path) -> dict[str, bytes]:
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
             if f.is_file()}

@@ -119,6 +119,9 @@ def test_odd_sizes_pool_like_pytorch():
     ("", "empty"), ("c8 x3", "unknown layer 'x3'"), ("c0", "positive number"),
     ("cc", "positive number"), ("pp", "unknown layer"), ("p p p p p", "shrinks to nothing"),
     ("s4", "unknown layer 's4'"), ("p p s", "even image size, got 7x7"),
+    ("d8", "unknown layer 'd8'"), ("dc0", "positive number of channels after 'dc'"),
+    ("dp", "unknown layer 'dp'"), ("v4 " * 14, "shrinks to nothing"),
+    ("dv4 " * 14, "shrinks to nothing"),
 ])
 def test_bad_architectures_are_refused(arch, message):
     with pytest.raises(ArchError, match=message):
@@ -217,3 +220,42 @@ def test_space_to_depth_in_a_net_halves_the_image_and_has_no_parameters():
     assert [row for row in summary(model, variables)] == [
         ("block1", (14, 14, 16), 9 * 4 * 16 + 32), ("block2", (7, 7, 8), 9 * 16 * 8 + 16),
         ("head", (10,), 80)]
+
+
+def test_separable_blocks_count_and_shape_as_pytorchs_groups_conv_then_1x1():
+    arch = "c4 dc8 p dv12"
+    assert [kind for kind, _, _ in parse_arch(arch)] == [
+        "conv", "separable_conv", "pool", "separable_valid"]
+    model, variables, x = shapes(Net(arch=arch), batch=3)
+    # depthwise 9*in, pointwise in*N, BatchNorm 2N; the valid one shrinks 14 -> 12.
+    assert summary(model, variables) == [
+        ("block1", (28, 28, 4), 44), ("block2", (28, 28, 8), 9 * 4 + 4 * 8 + 16),
+        ("block3", (12, 12, 12), 9 * 8 + 8 * 12 + 24), ("head", (10,), 120)]
+    _, biased, _ = shapes(Net(arch=arch, bias=True))
+    assert (count_params(biased["params"]) - count_params(variables["params"])
+            == 4 + (4 + 8) + (8 + 12) + 10)
+    chex.assert_shape(biased["params"]["block2"]["depthwise"]["kernel"], (3, 3, 1, 4))
+
+
+@pytest.mark.parametrize("padding", [1, "VALID"])
+def test_a_separable_block_is_a_per_channel_3x3_then_a_1x1(padding):
+    from jaxmnist.models import ConvBlock
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    block = ConvBlock(5, padding, 0.0, separable=True, bias=True)
+    variables = block.init(jax.random.key(1), x, train=False)
+    params = variables["params"]
+    depthwise = params["depthwise"]["kernel"]  # (3, 3, 1, 3): one 3x3 filter per channel
+    # The same maths as one dense 3x3 conv whose kernel is zero off the channel diagonal.
+    dense = jnp.einsum("hwc,cd->hwcd", depthwise[:, :, 0, :], jnp.eye(3))
+    pad = [(1, 1), (1, 1)] if padding == 1 else "VALID"
+    y = jax.lax.conv_general_dilated(x, dense, (1, 1), pad,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y + params["depthwise"]["bias"]
+    y = y @ params["pointwise"]["kernel"][0, 0] + params["pointwise"]["bias"]
+    stats = variables["batch_stats"]["bn"]
+    bn = params["bn"]
+    want = ((jax.nn.relu(y) - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * bn["scale"]
+            + bn["bias"])
+    chex.assert_trees_all_close(block.apply(variables, x, train=False), want, atol=1e-5)
+    chex.assert_shape(want, (2, 6, 6, 5) if padding == 1 else (2, 4, 4, 5))
