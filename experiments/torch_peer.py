@@ -21,12 +21,12 @@ from torch import nn
 
 def build(config) -> nn.Sequential:
     """The PyTorch net `jaxmnist.models.Net` builds for `config`."""
-    from jaxmnist.models import parse_arch
+    from jaxmnist.models import BLOCK_KINDS, parse_arch
 
     layers, channels = [], 1
     block_dropout = config.dropout if config.dropout_at == "blocks" else 0.0
     for kind, _, features in parse_arch(config.arch):
-        if kind in ("conv", "valid", "separable_conv", "separable_valid"):
+        if kind in BLOCK_KINDS:
             relu_bn = [nn.ReLU(), nn.BatchNorm2d(features)]
             padding = 0 if kind.endswith("valid") else 1
             if kind.startswith("separable"):

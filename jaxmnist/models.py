@@ -57,15 +57,15 @@ class ArchError(ValueError):
 
 
 _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
-_BLOCKS = ("conv", "valid", "separable_conv", "separable_valid")
+# the block kinds (ConvBlock); those ending in "valid" shrink the image by 2
+BLOCK_KINDS = ("conv", "valid", "separable_conv", "separable_valid")
 
 
 def parse_arch(arch: str) -> list[tuple[str, str, int]]:
     """`arch` -> [(kind, name, features)], kind one of conv, valid, separable_conv,
     separable_valid, pool, transition and space_to_depth (features 0 for pool and
-    space_to_depth), with the layer names the
-    module gives them; checks that the image never shrinks below 1x1 and that `s` halves
-    an even size."""
+    space_to_depth), with the layer names the module gives them; checks that the image
+    never shrinks below 1x1 and that `s` halves an even size."""
     layers, blocks, transitions, size = [], 0, 0, 28
     tokens = arch.split()
     if not tokens:
@@ -84,7 +84,7 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
                 raise ArchError(f"{token!r}: expected a positive number of channels after "
                                 f"{prefix!r}")
             features = int(count)
-        if kind in _BLOCKS:
+        if kind in BLOCK_KINDS:
             blocks += 1
             name = f"block{blocks}"
         elif kind == "transition":
@@ -94,7 +94,7 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
             name = kind
         if kind == "space_to_depth" and size % 2:
             raise ArchError(f"{arch!r}: 's' needs an even image size, got {size}x{size}")
-        if kind in ("valid", "separable_valid"):
+        if kind.endswith("valid"):
             size -= 2
         elif kind in _NO_FEATURES:
             size //= 2
@@ -196,7 +196,7 @@ class Net(nn.Module):
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
         for kind, name, features in parse_arch(self.arch):
-            if kind in _BLOCKS:
+            if kind in BLOCK_KINDS:
                 padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"),
