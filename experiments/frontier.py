@@ -42,13 +42,18 @@ def count_params(config) -> int:
     return count(variable_shapes(config)["params"])
 
 
-def runs_made_alone(results: Path) -> set[str]:
-    """The runs timing/alone.txt lists as made with the machine to themselves."""
+def runs_made_alone(results: Path) -> dict[str, str]:
+    """The runs timing/alone.txt lists as made with the machine to themselves, each with
+    the machine it names after the run's name ("" where it names none)."""
     path = results / "timing" / "alone.txt"
     if not path.exists():
-        return set()
-    return {line.strip() for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")}
+        return {}
+    runs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, machine = line.strip().partition(" ")
+            runs[name] = machine.strip()
+    return runs
 
 
 def load_groups(results: Path) -> list[dict]:
@@ -73,6 +78,7 @@ def load_groups(results: Path) -> list[dict]:
             "seconds": sum(m["seconds"] for m in metrics),
             "images_per_s": statistics.median(m["train_images_per_s"] for m in metrics),
             "alone": run.name in alone,
+            "machine": alone.get(run.name, ""),
         })
     out = []
     for group in groups.values():
@@ -91,6 +97,7 @@ def load_groups(results: Path) -> list[dict]:
             "seconds": min(r["seconds"] for r in runs if r["alone"] or not any(
                 x["alone"] for x in runs)),
             "timed_alone": any(r["alone"] for r in runs),
+            "machine": next((r["machine"] for r in runs if r["machine"]), ""),
         })
     return sorted(out, key=lambda g: g["params"])
 
@@ -103,7 +110,9 @@ def write_table(groups: list[dict], path: Path) -> None:
         "epochs (training and evaluation, the first epoch's compilation included) as "
         "metrics.jsonl recorded them, of the fastest seed made alone on the machine "
         "(experiments/results/timing/alone.txt); where no seed was, of the fastest seed, "
-        "marked 'shared': those ran beside other work and are not speed figures.",
+        "marked 'shared': those ran beside other work and are not speed figures. The "
+        "machines differ between runs (named beside the seconds where alone.txt names "
+        "one), so seconds compare only runs made on the same one.",
         "",
         "| run | arch | params | epochs | seeds | final-epoch test accuracy (%) | per seed |"
         " seconds of epochs | train images/s (median epoch) |",
@@ -116,7 +125,8 @@ def write_table(groups: list[dict], path: Path) -> None:
         lines.append(
             f"| `{g['name']}` | `{g['arch']}` | {g['params']:,} | {g['epochs']} | "
             f"{len(g['runs'])} | **{g['mean']:.2f}**{spread} | {per_seed} | "
-            f"{g['seconds']:.0f}{'' if g['timed_alone'] else ' (shared)'} | {ips} |")
+            f"{g['seconds']:.0f}{'' if g['timed_alone'] else ' (shared)'}"
+            f"{f' ({machine})' if (machine := g['machine']) else ''} | {ips} |")
     lines += ["", "Published points drawn for comparison (test accuracy as reported):", "",
               "| params | accuracy (%) | how reported | source |", "| --- | --- | --- | --- |"]
     lines += [f"| {p:,} | {a:.2f} | {how} | {src} |" for p, a, how, src in PUBLISHED]
@@ -141,9 +151,15 @@ def plot(groups: list[dict], path: Path) -> None:
             shared = ax is ax_t and not g["timed_alone"]
             bar = ax.errorbar(x, g["mean"], yerr=g["std"] or None, fmt="o", capsize=3, ms=6,
                               mfc="none" if shared else None)
-            label = f"{g['name']} (n={len(g['runs'])}{', shared cores' if shared else ''})"
-            ax.annotate(label, (x, g["mean"]), fontsize=8, xytext=(5, 4),
-                        textcoords="offset points", color=bar[0].get_color())
+            where = "\nshared cores" if shared else (
+                f"\n{g['machine']}" if ax is ax_t and g["machine"] else "")
+            label = f"{g['name']} (n={len(g['runs'])}){where}"
+            # A label to the right would run over a point close to the right of this one.
+            key = "params" if ax is ax_p else "seconds"
+            crowded = any(x < h[key] <= 1.6 * x for h in groups)
+            ax.annotate(label, (x, g["mean"]), fontsize=8, color=bar[0].get_color(),
+                        xytext=(-5, -11) if crowded else (5, 4), textcoords="offset points",
+                        ha="right" if crowded else "left")
     for ax, label in ((ax_p, "parameters"), (ax_t, "seconds of training epochs, 2 CPU cores")):
         ax.axhline(99.4, color="grey", ls="--", lw=1)
         ax.set(xscale="log", xlabel=label, ylabel="final-epoch test accuracy (%)")
@@ -152,7 +168,8 @@ def plot(groups: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     ax_p.set_xlim(left=250)
     ax_p.set_title("Accuracy against size (grey: published; squares: final epoch)")
-    ax_t.set_title("Accuracy against seconds of epochs (hollow: shared cores)")
+    ax_t.set_title("Accuracy against seconds of epochs (hollow: shared cores;\n"
+                   "machines differ, so compare points of the same machine only)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -28,6 +28,10 @@ def describe(config: dict) -> str:
         parts.insert(0, f"`{config['arch']}`")
     if config["epochs"] != 20:
         parts.append(f"{config['epochs']} epochs")
+    if config.get("momentum", 0.9) != 0.9:
+        parts.append(f"momentum {config['momentum']:g}")
+    if config["schedule"] == "onecycle" and config.get("warmup_fraction", 0.3) != 0.3:
+        parts.append(f"warm-up {config['warmup_fraction']:g} of the steps")
     if config.get("bias"):
         parts.insert(1, "conv biases")
     if config.get("bn_before_relu"):
@@ -44,8 +48,10 @@ def describe(config: dict) -> str:
         parts.append(f"weight average (EMA) {config['ema_decay']:g}")
     if config["batch_size"] != 128:
         parts.append(f"batch {config['batch_size']}")
-    if config["rotate_degrees"] or config["shift_pixels"]:
-        parts.append(f"rotate ±{config['rotate_degrees']:g}°, shift ±{config['shift_pixels']:g} px")
+    if config["rotate_degrees"]:
+        parts.append(f"rotate ±{config['rotate_degrees']:g}°")
+    if config["shift_pixels"]:
+        parts.append(f"shift ±{config['shift_pixels']:g} px")
     if config.get("scale"):
         parts.append(f"zoom ±{100 * config['scale']:g} %")
     if config.get("brightness") or config.get("contrast"):

@@ -1,11 +1,12 @@
 """A recipe's training time over one epoch of the seed net, in one sitting on this machine.
 
-    python experiments/time_to_accuracy.py [--recipe fast] [--seeds 0,1,2]
+    python experiments/time_to_accuracy.py [--recipe fast] [--name NAME] [--seeds 0,1,2]
                                            [--data-dir DIR]
 
 For each seed, alternating (the machine is noisy): one epoch of the seed recipe (into a
 scratch folder, deleted after), then the recipe's whole run on the test set into
-experiments/results/time_to_accuracy/<recipe>[-seedN] (the committed runs of
+experiments/results/time_to_accuracy/<name>[-seedN] (`--name`: the recipe's by default,
+another to keep earlier sittings, e.g. on another CPU; the committed runs of
 experiments/results/<recipe>* are left alone; an existing run there stops the script
 before anything is trained). The time of a run is
 the sum of its epochs' `seconds` in metrics.jsonl (training, evaluation, and in the
@@ -42,15 +43,18 @@ def train(args: list[str], out: Path, name: str) -> list[dict]:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="fast")
+    p.add_argument("--name", help="run name for seed 0, NAME-seedN for the others "
+                   "(default: the recipe's)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--data-dir", default=os.environ.get("JAXMNIST_DATA_DIR"))
     args = p.parse_args()
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     seeds = [int(s) for s in args.seeds.split(",")]
-    names = {seed: args.recipe if seed == 0 else f"{args.recipe}-seed{seed}" for seed in seeds}
+    base = args.name or args.recipe
+    names = {seed: base if seed == 0 else f"{base}-seed{seed}" for seed in seeds}
     existing = [str(RUNS / n) for n in names.values() if (RUNS / n).exists()]
     if existing:
-        sys.exit(f"{sys.argv[0]}: {', '.join(existing)} already exist; move them away first")
+        p.error(f"{', '.join(existing)} already exist; move them away or pick another --name")
     pairs = []
     for seed in seeds:
         with tempfile.TemporaryDirectory() as scratch:

@@ -148,7 +148,8 @@ def fast() -> Config:
     and 99.28 % against 99.42, 99.24 and 99.38 % for the seed net's 4 epochs, the recipe
     before it (experiments/results/selection/f9-A-bias-lr0.4*, fast-e4-lr0.3*), among
     4- and 5-epoch runs of this net and others that pool or space-to-depth early
-    (selection/f3-* to f9-*, fast-pool1*; experiments/README.md)."""
+    (selection/f3-* to f9-*, fast-pool1*); none of the later candidates did better there at
+    both of two seeds (selection/f10-*, f11-*; experiments/README.md)."""
     return Config(arch=FAST_ARCH, bias=True, dropout=0.0, epochs=4, lr=0.4,
                   schedule="onecycle")
 
