@@ -122,11 +122,11 @@ def write_table(groups: list[dict], path: Path) -> None:
         per_seed = ", ".join(f"{r['accuracy']:.2f}" for r in g["runs"])
         ips = ", ".join(f"{r['images_per_s']:,.0f}" for r in g["runs"])
         spread = f" ± {g['std']:.2f}" if len(g["runs"]) > 1 else ""
+        machine = f" ({g['machine']})" if g["machine"] else ""
         lines.append(
             f"| `{g['name']}` | `{g['arch']}` | {g['params']:,} | {g['epochs']} | "
             f"{len(g['runs'])} | **{g['mean']:.2f}**{spread} | {per_seed} | "
-            f"{g['seconds']:.0f}{'' if g['timed_alone'] else ' (shared)'}"
-            f"{f' ({machine})' if (machine := g['machine']) else ''} | {ips} |")
+            f"{g['seconds']:.0f}{'' if g['timed_alone'] else ' (shared)'}{machine} | {ips} |")
     lines += ["", "Published points drawn for comparison (test accuracy as reported):", "",
               "| params | accuracy (%) | how reported | source |", "| --- | --- | --- | --- |"]
     lines += [f"| {p:,} | {a:.2f} | {how} | {src} |" for p, a, how, src in PUBLISHED]
