@@ -11,9 +11,11 @@ import json
 import statistics
 from pathlib import Path
 
-from jaxmnist.models import SEED_ARCH
+from jaxmnist.configs import Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# A run is described by how its config differs from these (Config's own defaults).
+DEFAULTS = Config()
 
 
 def load(run: Path) -> tuple[dict, list[dict]]:
@@ -24,13 +26,15 @@ def load(run: Path) -> tuple[dict, list[dict]]:
 
 def describe(config: dict) -> str:
     parts = [f"{config['schedule']} lr {config['lr']:g}"]
-    if config.get("arch", SEED_ARCH) != SEED_ARCH:
+    if config.get("arch", DEFAULTS.arch) != DEFAULTS.arch:
         parts.insert(0, f"`{config['arch']}`")
-    if config["epochs"] != 20:
+    if config["epochs"] != DEFAULTS.epochs:
         parts.append(f"{config['epochs']} epochs")
-    if config.get("momentum", 0.9) != 0.9:
+    if config.get("momentum", DEFAULTS.momentum) != DEFAULTS.momentum:
         parts.append(f"momentum {config['momentum']:g}")
-    if config["schedule"] == "onecycle" and config.get("warmup_fraction", 0.3) != 0.3:
+    if (config["schedule"] == "onecycle"
+            and config.get("warmup_fraction", DEFAULTS.warmup_fraction)
+            != DEFAULTS.warmup_fraction):
         parts.append(f"warm-up {config['warmup_fraction']:g} of the steps")
     if config.get("bias"):
         parts.insert(1, "conv biases")
@@ -38,7 +42,7 @@ def describe(config: dict) -> str:
         parts.insert(1, "BatchNorm before ReLU")
     if config["dropout"] and config.get("dropout_at", "blocks") == "pools":
         parts.append(f"dropout {config['dropout']:g} after pools only")
-    elif config["dropout"] != 0.069:
+    elif config["dropout"] != DEFAULTS.dropout:
         parts.append(f"dropout {config['dropout']:g}")
     if config.get("label_smoothing"):
         parts.append(f"label smoothing {config['label_smoothing']:g}")
@@ -46,7 +50,7 @@ def describe(config: dict) -> str:
         parts.append(f"weight decay {config['weight_decay']:g}")
     if config.get("ema_decay"):
         parts.append(f"weight average (EMA) {config['ema_decay']:g}")
-    if config["batch_size"] != 128:
+    if config["batch_size"] != DEFAULTS.batch_size:
         parts.append(f"batch {config['batch_size']}")
     if config["rotate_degrees"]:
         parts.append(f"rotate ±{config['rotate_degrees']:g}°")

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from jaxmnist import rundir
-from jaxmnist.bench import host_cpu
+from jaxmnist.bench import host_cpu, usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -72,7 +72,7 @@ def main():
     summary = {
         "recipe": args.recipe, "pairs": pairs,
         "median_ratio": round(statistics.median(x["ratio"] for x in pairs), 3),
-        "cpu": host_cpu(), "cores": os.cpu_count(),
+        "cpu": host_cpu(), "cores": usable_cores(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     accuracies = ", ".join(f"{100 * x['final_test_accuracy']:.2f} %" for x in pairs)
