@@ -32,6 +32,8 @@ def describe(config: dict) -> str:
         parts.append(f"{config['epochs']} epochs")
     if config.get("momentum", DEFAULTS.momentum) != DEFAULTS.momentum:
         parts.append(f"momentum {config['momentum']:g}")
+    if config.get("nesterov"):
+        parts.append("Nesterov momentum")
     if (config["schedule"] == "onecycle"
             and config.get("warmup_fraction", DEFAULTS.warmup_fraction)
             != DEFAULTS.warmup_fraction):

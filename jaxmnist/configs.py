@@ -29,6 +29,7 @@ class Config:
     batch_size: int = 128
     lr: float = 0.04  # the peak learning rate for the one-cycle schedule
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov's momentum (PyTorch SGD's nesterov=True)
     schedule: Literal["constant", "onecycle"] = "constant"
     warmup_fraction: float = 0.3  # one-cycle: share of the steps spent rising to `lr`
     dropout: float = 0.069
@@ -86,9 +87,11 @@ class Config:
                 choices = typing.get_args(kind)
                 _check(name, getattr(self, name), lambda v, choices=choices: v in choices,
                        f"must be {' or '.join(map(repr, choices))}")
-        for name in ("bias", "bn_before_relu"):
+        for name in ("bias", "bn_before_relu", "nesterov"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.nesterov and not self.momentum:
+            raise ConfigError("nesterov", "needs a momentum > 0, got momentum 0")
         train_images = MNIST_TRAIN_IMAGES - self.validation
         if self.batch_size > train_images:
             raise ConfigError("batch_size", f"{self.batch_size} is larger than the "
@@ -149,7 +152,8 @@ def fast() -> Config:
     before it (experiments/results/selection/f9-A-bias-lr0.4*, fast-e4-lr0.3*), among
     4- and 5-epoch runs of this net and others that pool or space-to-depth early
     (selection/f3-* to f9-*, fast-pool1*); none of the later candidates did better there at
-    both of two seeds (selection/f10-*, f11-*; experiments/README.md)."""
+    both of two seeds (selection/f10-*, f11-*) or measurably over three (f12-*;
+    experiments/README.md)."""
     return Config(arch=FAST_ARCH, bias=True, dropout=0.0, epochs=4, lr=0.4,
                   schedule="onecycle")
 
@@ -173,4 +177,20 @@ def tiny() -> Config:
         brightness=0.2, contrast=0.2)
 
 
-RECIPES = {"default": default, "fast": fast, "seed": seed, "tiny": tiny}
+NANO_ARCH = "c4 p dc8 dc10 p dc14"
+
+
+def nano() -> Config:
+    """A net under 700 parameters: `NANO_ARCH`, 698 parameters (one 4-channel block at
+    28x28, a pool, depthwise-separable blocks of 8 and 10 channels at 14x14, a pool, one
+    of 14 at 7x7), no conv biases, no dropout, no augmentation, `default`'s one-cycle
+    schedule (20 epochs, peak lr 0.1) (`make train-nano`).
+
+    Chosen on the validation split among nets of 644-698 params with plain and
+    depthwise-separable blocks, with and without mild augmentation
+    (experiments/results/selection/nano-*; experiments/README.md)."""
+    return dataclasses.replace(default(), arch=NANO_ARCH, dropout=0.0, rotate_degrees=0.0,
+                               shift_pixels=0.0)
+
+
+RECIPES = {"default": default, "fast": fast, "nano": nano, "seed": seed, "tiny": tiny}

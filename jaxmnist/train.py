@@ -104,7 +104,8 @@ def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedul
 def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
     model = make_model(config)
     variables = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
-    tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None)
+    tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None,
+                   nesterov=config.nesterov)
     if config.weight_decay:
         # Decay before momentum, as PyTorch's SGD(weight_decay=...) does. Without it the
         # optimizer state is plain SGD's, as in every checkpoint written before it.

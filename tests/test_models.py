@@ -135,6 +135,13 @@ def test_tiny_recipe_is_under_the_published_3762_parameters():
     assert count_params(variables["params"]) == 3_622 <= 3_762
 
 
+def test_nano_recipe_is_under_700_parameters():
+    from jaxmnist import configs, train
+
+    _, variables, _ = shapes(train.make_model(configs.nano()))
+    assert count_params(variables["params"]) == 698 <= 700
+
+
 def test_bias_gives_every_conv_a_bias_and_counts_as_pytorch_does():
     # The published 3,762-parameter layout (adilsammar/woolly-of-cv): 4,4,4 | 8,8,8 | 8,8,8
     # with conv biases; PyTorch counts weights, biases and BatchNorm's scale and offset.

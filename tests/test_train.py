@@ -89,6 +89,21 @@ def test_weight_decay_adds_its_multiple_of_the_weights_to_the_gradient():
     assert configs.Config().weight_decay == 0.0
 
 
+def test_nesterov_momentum_looks_one_step_ahead():
+    # With the same gradient g every step, plain momentum moves by -lr g (1 + m + m^2 ...)
+    # and Nesterov's by -lr g (m·trace + 1): (1 + m) on the first step, 1 + m + m^2 on the
+    # second, as PyTorch's SGD(nesterov=True) does.
+    config = configs.Config(arch="c4 p c8", momentum=0.9, nesterov=True)
+    tx = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10).tx
+    g, w = jnp.ones(3), jnp.zeros(3)
+    opt_state = tx.init(w)
+    first, opt_state = tx.update(g, opt_state, w)
+    second, _ = tx.update(g, opt_state, w)
+    np.testing.assert_allclose(first, -0.04 * 1.9, rtol=1e-6)
+    np.testing.assert_allclose(second, -0.04 * (1 + 0.9 + 0.81), rtol=1e-6)
+    assert not configs.Config().nesterov
+
+
 def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
     config = configs.Config(arch="c4 p c8", dropout=0.0, ema_decay=0.9)
     state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
@@ -301,6 +316,7 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(augment_probability=0.0), "augment_probability must be in (0, 1], got 0.0"),
     (dict(ema_decay=1.0), "ema_decay must be in [0, 1), got 1.0"),
     (dict(weight_decay=-0.1), "weight_decay must be in [0, 1), got -0.1"),
+    (dict(nesterov=True, momentum=0.0), "nesterov needs a momentum > 0, got momentum 0"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
