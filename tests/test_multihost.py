@@ -73,7 +73,9 @@ def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path
     procs[1].kill()
     killed_at = time.time()
     code, stdout, stderr = finish(procs[:1])[0]
-    assert time.time() - killed_at < 60  # within --distributed-timeout, no hang
+    # The survivor notices within --distributed-timeout (60 s here) of the last heartbeat,
+    # which may be close to 60 s after the kill; then it stops. Far from a hang (600 s).
+    assert time.time() - killed_at < 60 + 30
     assert code == 1, stderr
     # Process 0 printed its epoch 1 line, then one error line: no C++ log, no trace.
     lines = stderr.strip().splitlines()
