@@ -42,7 +42,7 @@ def describe(config: dict) -> str:
         parts.insert(1, "conv biases")
     if config.get("bn_before_relu"):
         parts.insert(1, "BatchNorm before ReLU")
-    if config["dropout"] and config.get("dropout_at", "blocks") == "pools":
+    if config["dropout"] and config.get("dropout_at", DEFAULTS.dropout_at) == "pools":
         parts.append(f"dropout {config['dropout']:g} after pools only")
     elif config["dropout"] != DEFAULTS.dropout:
         parts.append(f"dropout {config['dropout']:g}")

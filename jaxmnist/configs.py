@@ -82,13 +82,12 @@ class Config:
                "must be in (0, 1]")
         _check("validation", self.validation, lambda v: 0 <= v < MNIST_TRAIN_IMAGES,
                f"must be in [0, {MNIST_TRAIN_IMAGES})")
-        for name, kind in field_types().items():  # every Literal field: one of its values
-            if typing.get_origin(kind) is typing.Literal:
+        for name, kind in field_types().items():
+            if typing.get_origin(kind) is typing.Literal:  # one of its values
                 choices = typing.get_args(kind)
                 _check(name, getattr(self, name), lambda v, choices=choices: v in choices,
                        f"must be {' or '.join(map(repr, choices))}")
-        for name in ("bias", "bn_before_relu", "nesterov"):
-            if not isinstance(getattr(self, name), bool):
+            elif kind is bool and not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov", "needs a momentum > 0, got momentum 0")
