@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 
-from jaxmnist import configs, data, rundir, train
+from jaxmnist import configs, data, parallel, rundir, steps
 from jaxmnist.bench import host_cpu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,10 +49,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     config = configs.default()
-    trainer = train.Trainer(config)
+    trainer = parallel.Trainer(config)
     train_split, test_split = data.load_mnist(args.data_dir, args.tfds_dir,
                                               device_put=trainer.put)
-    state = trainer.put(train.create_train_state(config, jax.random.key(0), 468))
+    state = trainer.put(steps.create_train_state(config, jax.random.key(0), 468))
     history = rundir.read_metrics(REPO / "experiments/results/default")  # 20 epochs
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,7 @@ Y_FLOOR = 98.8
 def count_params(config) -> int:
     """The config's net's parameters, counted as PyTorch's summary counts them."""
     from jaxmnist.models import count_params as count
-    from jaxmnist.train import variable_shapes
+    from jaxmnist.steps import variable_shapes
 
     return count(variable_shapes(config)["params"])
 

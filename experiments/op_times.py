@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 from profile_step import run_info  # this folder is on sys.path when run as a script
 
-from jaxmnist import configs, train
+from jaxmnist import configs, parallel, steps
 from jaxmnist.bench import synthetic_batch, usable_cores
 
 HERE = Path(__file__).resolve().parent
@@ -103,8 +103,8 @@ def main():
     config = configs.RECIPES[args.recipe]()
     if args.arch:
         config = dataclasses.replace(config, arch=args.arch)
-    trainer = train.Trainer(config)
-    state = trainer.put(train.create_train_state(config, jax.random.key(0), 469))
+    trainer = parallel.Trainer(config)
+    state = trainer.put(steps.create_train_state(config, jax.random.key(0), 469))
     batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
     rng = jax.random.key(1)
     compiled = trainer.train_step.lower(state, batch, rng).compile()

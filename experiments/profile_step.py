@@ -7,7 +7,7 @@ Parts (batch 128, seed recipe, float32), each for the fast kernels and the plain
   train forward       loss with BatchNorm batch statistics and dropout
   train fwd, no drop  the same with dropout rate 0 (the cost of the dropout masks)
   forward + backward  jax.value_and_grad of the train loss
-  train step          forward + backward + optax SGD-momentum update (jaxmnist.train.train_step)
+  train step          forward + backward + optax SGD-momentum update (jaxmnist.train_step)
   optimizer           the optax update and apply alone
   input               get_batch: gather 128 uint8 images, normalise (seed recipe)
   input + augment     the same with the default recipe's rotation and shift
@@ -41,9 +41,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmnist import configs, data, kernels, train
+from jaxmnist import configs, data, kernels, parallel
 from jaxmnist.bench import synthetic_batch
 from jaxmnist.models import SEED_ARCH, Net, parse_arch
+from jaxmnist.steps import create_train_state, train_step
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,7 +57,7 @@ def jit(fn):
 def parts(fast: bool, batch_size: int) -> dict:
     """name -> (jitted function, args) for one variant of the net."""
     config = dataclasses.replace(configs.seed(), fast_kernels=fast, batch_size=batch_size)
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=469)
+    state = create_train_state(config, jax.random.key(0), steps_per_epoch=469)
     k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
     batch = synthetic_batch(batch_size)
     variables = state.variables()
@@ -83,7 +84,7 @@ def parts(fast: bool, batch_size: int) -> dict:
         "train fwd, no drop": (jit(lambda p: train_loss(p, 0.0)), (state.params,)),
         "forward + backward": (jit(jax.value_and_grad(
             lambda p: train_loss(p, config.dropout))), (state.params,)),
-        "train step": (jit(train.train_step), (state, batch, k3)),
+        "train step": (jit(train_step), (state, batch, k3)),
         "optimizer": (jit(optimizer), (state, grads)),
         "input": (jit(lambda s, i, k: data.get_batch(s, i)), (split, index, k3)),
         "input + augment": (jit(lambda s, i, k: data.get_batch(
@@ -178,8 +179,8 @@ def rusage_probe(steps: int = 50, rounds: int = 3) -> dict:
     import resource
 
     config = configs.seed()
-    trainer = train.Trainer(config)
-    state = trainer.put(train.create_train_state(config, jax.random.key(0), 469))
+    trainer = parallel.Trainer(config)
+    state = trainer.put(create_train_state(config, jax.random.key(0), 469))
     rng = jax.random.key(1)
     batch = jax.device_put(synthetic_batch(128), trainer.sharded)
     for _ in range(3):

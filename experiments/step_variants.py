@@ -62,7 +62,7 @@ import jax.numpy as jnp
 from profile_step import run_info  # this folder is on sys.path when run as a script
 from weight_grad_study import conv, nine_macs
 
-from jaxmnist import configs, kernels, train
+from jaxmnist import configs, kernels, parallel, steps
 from jaxmnist.bench import synthetic_batch
 
 HERE = Path(__file__).resolve().parent
@@ -218,8 +218,8 @@ def compiled_step(fast: bool, options: bool | dict, context, batch_size: int,
         options = {**(kernels.compiler_options() or {}), **options}
     else:
         options = {} if options else None
-    trainer = train.Trainer(config, compiler_options=options)
-    state = trainer.put(train.create_train_state(config, jax.random.key(0), 469))
+    trainer = parallel.Trainer(config, compiler_options=options)
+    state = trainer.put(steps.create_train_state(config, jax.random.key(0), 469))
     batch = jax.device_put(synthetic_batch(batch_size), trainer.sharded)
     rng = jax.random.key(1)
     with context():

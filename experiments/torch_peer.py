@@ -105,7 +105,7 @@ def main():
 
 def jaxmnist_params(config) -> int:
     from jaxmnist.models import count_params
-    from jaxmnist.train import variable_shapes
+    from jaxmnist.steps import variable_shapes
 
     return count_params(variable_shapes(config)["params"])
 

@@ -18,16 +18,19 @@ with b1 = 0.35, b2 = 0.60 and lr 0.5 this is the classic published worked exampl
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from jaxmnist.cli import ArgumentParser, positive_float, positive_int, report
+from jaxmnist.files import check_writable_dir, replace_atomically
 
 WEIGHTS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
 BIASES = ("b1", "b2")
@@ -316,9 +319,6 @@ def mlp_manual_grads(layers: list[dict], x: jax.Array, t: jax.Array) -> list[dic
 
 
 def _parse_lrs(text: str) -> list[float]:
-    import argparse
-    import math
-
     lrs = []
     for part in text.split(","):
         try:
@@ -332,8 +332,6 @@ def _parse_lrs(text: str) -> list[float]:
 
 
 def _parse_biases(text: str) -> tuple[float, float]:
-    import argparse
-
     parts = text.split(",")
     try:
         b1, b2 = (float(v) for v in parts)
@@ -357,13 +355,11 @@ def history_rows(lrs, hist) -> tuple[list[str], list[list[str]]]:
 
 def plot_error(lrs, hist, path: Path) -> None:
     """Total error against iterations, one curve per learning rate (linear and log axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # matplotlib only where a picture is drawn
 
     error = jax.device_get(hist["E_total"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, scale in zip(axes, ("linear", "log")):
         for i, lr in enumerate(lrs):
             ax.plot(error[i], label=f"lr = {lr:g}")
@@ -373,7 +369,6 @@ def plot_error(lrs, hist, path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # Where each node sits in the picture (x: layer, y: row) and which edge each weight is.
@@ -385,7 +380,7 @@ _EDGES = {"w1": ("i1", "h1"), "w2": ("i2", "h1"), "w3": ("i1", "h2"), "w4": ("i2
 def draw_network(row: dict, path: Path, title: str) -> None:
     """The 2-2-2 net as the worked example draws it: inputs, hidden and output nodes with
     their values, each of the eight edges with its weight and ∂E_total/∂w at `row`."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib only where a picture is drawn
     from matplotlib.patches import Circle
 
     v = {k: float(x) for k, x in row.items()}
@@ -435,13 +430,6 @@ def history_row(hist: dict, x: dict, lr_index: int, iteration: int) -> dict[str,
     return {**{k: float(v) for k, v in x.items()}, **row}
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp)`, then rename: a failure leaves no half-written file at `path`."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def explain(params: dict, x: dict, lr: float, step: int, out: Path) -> str:
     """The worked text of step `step` at `lr` (from the same `gradient_descent` run as
     history.csv), and its picture drawn to `out`/network.png."""
@@ -450,15 +438,12 @@ def explain(params: dict, x: dict, lr: float, step: int, out: Path) -> str:
     after = history_row(hist, x, 0, step)
     before = {k: jnp.asarray(row[k]) for k in PARAMS}
     autodiff = jax.grad(loss)(before, x)
-    _write_atomically(out / "network.png", lambda tmp: draw_network(
+    replace_atomically(out / "network.png", lambda tmp: draw_network(
         row, tmp, f"Step {step} at lr {lr:g}: values before the update, ∂E_total/∂w on each edge"))
     return explain_step(row, after, autodiff, lr, step)
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, positive_float, positive_int, report
-    from jaxmnist.rundir import check_writable_dir
-
     prog = "python -m jaxmnist.backprop"
     p = ArgumentParser(prog=prog, description="Train the 2-2-2 net by hand-derived gradients.")
     p.add_argument("--lrs", type=_parse_lrs, default=[0.1, 0.2, 0.5, 0.8, 1.0, 2.0],
@@ -504,11 +489,11 @@ def main(argv=None) -> int:
     writer.writerow(columns)
     writer.writerows(rows)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out / "history.csv", lambda tmp: tmp.write_text(buf.getvalue()))
-    _write_atomically(out / "error_vs_iterations.png",
+    replace_atomically(out / "history.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+    replace_atomically(out / "error_vs_iterations.png",
                       lambda tmp: plot_error(args.lrs, hist, tmp))
     # Iteration 0 is the same for every learning rate.
-    _write_atomically(out / "network.png", lambda tmp: draw_network(
+    replace_atomically(out / "network.png", lambda tmp: draw_network(
         history_row(hist, x, 0, 0), tmp,
         "Before the first step: values, and ∂E_total/∂w on each edge"))
 
@@ -516,7 +501,7 @@ def main(argv=None) -> int:
     table = [f"{'lr':>6}  {'E_total at 0':>14}  {f'E_total at {args.steps}':>16}"]
     table += [f"{lr:>6g}  {error[i, 0]:>14.9f}  {error[i, -1]:>16.9f}"
               for i, lr in enumerate(args.lrs)]
-    _write_atomically(out / "final_error.txt", lambda tmp: tmp.write_text("\n".join(table) + "\n"))
+    replace_atomically(out / "final_error.txt", lambda tmp: tmp.write_text("\n".join(table) + "\n"))
     print("\n".join(table))
     print(f"wrote {out / 'history.csv'}, {out / 'error_vs_iterations.png'}, "
           f"{out / 'network.png'} and {out / 'final_error.txt'}")

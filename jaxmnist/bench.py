@@ -23,9 +23,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxmnist import configs, train
+from jaxmnist import configs, parallel
+from jaxmnist.cli import ArgumentParser, architecture, positive_int, report
+from jaxmnist.files import append_line, check_writable_dir
 from jaxmnist.models import count_params
-from jaxmnist.rundir import check_writable_dir
+from jaxmnist.steps import create_train_state, train_step, uses_fast_kernels
 
 DEFAULT_OUT = "runs/bench.jsonl"
 
@@ -86,7 +88,7 @@ def synthetic_batch(n: int, seed: int = 0) -> dict:
 def scanned_steps(state, batch, rng, n: int):
     """`n` train steps in one call, looped by `lax.scan` instead of Python."""
     def body(state, _):
-        return train.train_step(state, batch, rng)
+        return train_step(state, batch, rng)
 
     return jax.lax.scan(body, state, length=n)
 
@@ -98,8 +100,8 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
     `scan` > 1 times `scan` steps per jitted call (a `lax.scan`) instead of one;
     `xla_defaults` compiles with XLA's default options instead of
     `kernels.compiler_options` (on CPU: with YNNPACK convolutions)."""
-    trainer = train.Trainer(config, compiler_options={} if xla_defaults else None)
-    state = trainer.put(train.create_train_state(config, jax.random.key(0), steps_per_epoch=469))
+    trainer = parallel.Trainer(config, compiler_options={} if xla_defaults else None)
+    state = trainer.put(create_train_state(config, jax.random.key(0), steps_per_epoch=469))
     batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
     rng = jax.random.key(1)
     if scan > 1:
@@ -144,7 +146,7 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
         "batch_size": config.batch_size,
         "arch": config.arch,
         "params": count_params(state.params),
-        "fast_kernels": train.uses_fast_kernels(config),
+        "fast_kernels": uses_fast_kernels(config),
         "steps": steps,
         "steps_per_call": scan,
         "compiler_options": "xla-defaults" if xla_defaults else "jaxmnist",
@@ -152,8 +154,6 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, architecture, positive_int, report
-
     p = ArgumentParser(prog="python -m jaxmnist.bench", description=__doc__.splitlines()[0])
     p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="seed",
                    help="whose net and batch size to time (default seed)")
@@ -193,8 +193,7 @@ def main(argv=None) -> int:
     print(json.dumps(result))
     if not args.no_record:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_line(out, json.dumps(result))
     return 0
 
 

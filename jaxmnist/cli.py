@@ -82,6 +82,8 @@ def positive_float(text: str) -> float:
 
 def architecture(text: str) -> str:
     """A `jaxmnist.models` layer string, e.g. 'c8 c16 p t8 v16 v16'."""
+    # Imported here, not with this module: jaxmnist.runtime_install imports this module
+    # in a Python that may not have flax yet (it is what installs it).
     from jaxmnist.models import ArchError, parse_arch
 
     try:
@@ -94,7 +96,7 @@ def architecture(text: str) -> str:
 def quiet_libraries() -> None:
     """Keeps absl's log chatter (TFDS logs through absl) off stderr, so errors stay one
     line; absl's errors still show."""
-    try:
+    try:  # absl comes with TFDS; runtime_install imports this module before TFDS is there
         from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)

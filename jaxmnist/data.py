@@ -32,6 +32,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 MEAN, STD = 0.1307, 0.3081
 NUM_CLASSES = 10
@@ -130,8 +131,6 @@ def read_idx_dir(
 
 def encode_png(image: np.ndarray) -> bytes:
     """A (28, 28) or (28, 28, 1) uint8 image as PNG bytes (Pillow, not TensorFlow)."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(image.reshape(image.shape[:2])).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -139,14 +138,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def decode_png(png: bytes) -> np.ndarray:
     """PNG bytes -> (H, W) uint8."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(png)) as image:
         return np.asarray(image)
 
 
 @functools.cache
 def _builder_class():
+    # TFDS is imported where a dataset is prepared or read, not with this module: the
+    # command lines answer --summary and bad input without its second of start-up.
     import tensorflow_datasets as tfds
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
@@ -217,7 +216,7 @@ def mnist_builder(
     `mnist` prepared there as TFRecord (which needs TensorFlow to read) is left as it
     is; the array_record copy then goes to `ARRAY_RECORD_SUBDIR` inside that data dir,
     saying so on stderr when it is first prepared. Returns the prepared builder."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # (where it is used: see _builder_class)
 
     MNIST = _builder_class()
     data_dir = data_dir or os.environ.get("JAXMNIST_DATA_DIR") or None
@@ -274,7 +273,7 @@ def check_reachable(url: str) -> None:
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
-    import requests  # TFDS downloads through requests
+    import requests  # TFDS downloads through requests (imported with TFDS, where it is used)
 
     return (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
@@ -293,7 +292,7 @@ class Split:
 def load_split(builder, split: str, device_put=jax.device_put) -> Split:
     """Materialises a TFDS split (any TFDS split string, e.g. 'train[:55000]') on device,
     read through TFDS's data source API in one bulk read."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # (where it is used: see _builder_class)
 
     # TFDS would decode each image through its feature machinery (OpenCV, else Pillow,
     # one example at a time); reading the PNG bytes and decoding them here is faster.

@@ -29,8 +29,10 @@ import threading
 import time
 
 import jax
+from jax._src import distributed
+from jax.experimental import multihost_utils
 
-from jaxmnist.cli import print_error
+from jaxmnist.cli import UsageError, fail, non_negative_int, positive_int, print_error
 
 # Set in the child that trains, by its supervising parent.
 WORKER_ENV = "JAXMNIST_MULTIHOST_WORKER"
@@ -54,8 +56,6 @@ class PeerLost(Exception):
 
 
 def add_arguments(parser) -> None:
-    from jaxmnist.cli import non_negative_int, positive_int
-
     g = parser.add_argument_group(
         "many processes (one run over the devices of N processes, e.g. N hosts)")
     g.add_argument("--coordinator", metavar="HOST:PORT",
@@ -91,8 +91,6 @@ def check_arguments(parser, args) -> None:
 def run(prog: str, argv: list[str], args, train) -> int:
     """The command line's multi-process run: here, the supervising parent (`supervise`);
     in its child, `initialize` then `train()` (which returns an exit code)."""
-    from jaxmnist.cli import UsageError, fail
-
     if os.environ.get(WORKER_ENV) != "1":
         return supervise(prog, argv, args.process_id)
     # On failure the child leaves without JAX's exit-time shutdown, which would wait for
@@ -121,8 +119,6 @@ def run(prog: str, argv: list[str], args, train) -> int:
 def initialize(args) -> None:
     """`jax.distributed.initialize` with the command line's arguments; CPU devices
     talk through gloo. A UsageError if JAX can find no cluster settings."""
-    from jaxmnist.cli import UsageError
-
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     timeout = args.distributed_timeout
@@ -155,8 +151,6 @@ def is_main() -> bool:
 def sync(name: str) -> None:
     """Waits until every process gets here (no-op in a single process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -166,8 +160,6 @@ def peer_lost(seconds: float = PEER_CHECK_SECONDS) -> bool:
     (it runs in process 0) counts as gone."""
     if jax.process_count() == 1:
         return False
-    from jax._src import distributed
-
     client = distributed.global_state.client
     live_nodes = getattr(client, "get_live_nodes", None)
     everyone = list(range(jax.process_count()))

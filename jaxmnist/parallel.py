@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmnist import configs, data, kernels
+from jaxmnist import configs, data, kernels, steps
 
 
 class Trainer:
@@ -25,8 +25,6 @@ class Trainer:
     which turns XLA:CPU's YNNPACK convolutions off on CPU; `{}` keeps XLA's defaults)."""
 
     def __init__(self, config: configs.Config, devices=None, compiler_options=None):
-        from jaxmnist import train  # the steps it compiles (train imports this module)
-
         devices = devices if devices is not None else jax.devices()
         if compiler_options is None:
             compiler_options = kernels.compiler_options(devices)
@@ -44,11 +42,11 @@ class Trainer:
                     name, f"{getattr(config, name)} is not divisible by the {n} devices")
         self.config = config
         self.jit = jit
-        self._train_step = functools.partial(train.train_step,
+        self._train_step = functools.partial(steps.train_step,
                                              label_smoothing=config.label_smoothing)
         self.train_step = jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.replicated, self.replicated))
-        self.eval_step = jit(train.eval_step, out_shardings=self.replicated)
+        self.eval_step = jit(steps.eval_step, out_shardings=self.replicated)
         self.permutation = jit(data.epoch_permutation, static_argnums=(1, 2),
                                out_shardings=self.replicated)
         self.get_batch = jit(self._get_batch, out_shardings=self.sharded)

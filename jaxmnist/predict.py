@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from jaxmnist import data
+from jaxmnist.cli import ArgumentParser, print_error, quiet_libraries, report
+from jaxmnist.rundir import load_trained
 
 MAX_PIXELS = 40_000_000  # larger images are refused rather than decoded
 
@@ -22,8 +29,6 @@ class ImageError(ValueError):
 
 def to_mnist(image) -> np.ndarray:
     """A PIL image -> (28, 28) float32 in [0, 1], white digit on black, MNIST-centred."""
-    from PIL import Image, ImageOps
-
     # Upright as a viewer shows it: phone cameras store pixels sideways plus an EXIF tag.
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -71,10 +76,6 @@ def to_mnist(image) -> np.ndarray:
 def decode_image(data: bytes) -> np.ndarray:
     """Image file bytes (any format Pillow reads) -> MNIST-style (28, 28) float32, with
     one clear ImageError for anything that is not a usable image."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise ImageError("empty file")
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -108,10 +109,6 @@ class Classifier:
     """A trained run's model, compiled once for one image at a time."""
 
     def __init__(self, model, variables):
-        import jax
-
-        from jaxmnist import data
-
         def probabilities(variables, image):
             x = data.standardize(image[None, :, :, None])
             return jax.nn.softmax(model.apply(variables, x, train=False))[0]
@@ -122,8 +119,6 @@ class Classifier:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Classifier:
-        from jaxmnist.rundir import load_trained
-
         return cls(*load_trained(run_dir))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -132,8 +127,6 @@ class Classifier:
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, print_error, quiet_libraries, report
-
     prog = "python -m jaxmnist.predict"
     quiet_libraries()
     p = ArgumentParser(prog=prog, description="Classify digit images with a trained run.")

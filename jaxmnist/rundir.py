@@ -15,33 +15,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmnist import configs
+from jaxmnist import configs, files, steps
 
 
-class RunDirError(ValueError):
+class RunDirError(files.PathError):
     """A directory that cannot be used as, or is not, the run asked for."""
-
-
-def check_writable_dir(path: str | os.PathLike) -> Path:
-    """Checks that `path` is, or can be created as, a writable directory. Creates nothing."""
-    path = Path(path)
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise RunDirError(
-            f"cannot create directory {str(path)!r}: {str(probe)!r} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunDirError(f"directory {str(probe)!r} is not writable")
-    return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_config(run_dir: Path) -> configs.Config:
@@ -56,12 +34,12 @@ def read_config(run_dir: Path) -> configs.Config:
 
 
 def write_config(run_dir: Path, config: configs.Config) -> None:
-    write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    files.write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def check(run_dir: Path, config: configs.Config, resume: bool) -> None:
     """Refuses to mix two runs in one directory. Writes nothing."""
-    check_writable_dir(run_dir)
+    files.check_writable_dir(run_dir)
     if not (run_dir / "config.json").exists():
         return
     old, new = read_config(run_dir).to_dict(), config.to_dict()
@@ -85,18 +63,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def truncate_metrics(run_dir: Path, epochs: int) -> list[dict]:
     """Keeps the first `epochs` lines of metrics.jsonl (creating it if need be); returns them."""
     history = read_metrics(run_dir)[:epochs]
-    write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    files.write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     return history
 
 
-def metrics_record(epoch: int, steps: list[dict], evaluation: dict, eval_name: str,
+def metrics_record(epoch: int, step_metrics: list[dict], evaluation: dict, eval_name: str,
                    seconds: float, train_seconds: float, images: int) -> dict:
-    """One line of metrics.jsonl: the means of the epoch's `steps` metrics, the
+    """One line of metrics.jsonl: the means of the epoch's `step_metrics`, the
     evaluation's loss and accuracy, the epoch's seconds and training throughput."""
     return {
         "epoch": epoch,
-        "train_loss": float(np.mean([s["loss"] for s in steps])),
-        "train_accuracy": float(np.mean([s["accuracy"] for s in steps])),
+        "train_loss": float(np.mean([s["loss"] for s in step_metrics])),
+        "train_accuracy": float(np.mean([s["accuracy"] for s in step_metrics])),
         f"{eval_name}_loss": evaluation["loss"],
         f"{eval_name}_accuracy": evaluation["accuracy"],
         "seconds": round(seconds, 3),
@@ -105,13 +83,14 @@ def metrics_record(epoch: int, steps: list[dict], evaluation: dict, eval_name: s
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with (run_dir / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    files.append_line(run_dir / "metrics.jsonl", json.dumps(record))
 
 
 def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> None:
     """Train/eval loss and accuracy against epochs. Safe to call from a thread: it
     draws on a Figure of its own, without pyplot's global state."""
+    # matplotlib (a second of start-up) only where curves are drawn: predict and serve
+    # read runs without it.
     import matplotlib.figure
     import matplotlib.ticker
 
@@ -131,14 +110,14 @@ def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> Non
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    files.replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
 
 
 def checkpoint_manager(run_dir: Path, asynchronous: bool = False):
     """orbax's manager of `run_dir`/checkpoints, keeping the newest. `asynchronous`:
     a save returns once the state is copied to the host, and is written in a thread."""
+    # orbax (seconds of start-up) only where checkpoints are read or written: the
+    # command lines check their input and answer --summary without it.
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
@@ -159,7 +138,7 @@ def save_checkpoint(manager, epoch: int, state, wait: bool = True) -> None:
     """Saves the train state after `epoch` (and waits until it is written, unless not
     `wait`); orbax writes to a temporary directory and renames it when complete, so a
     crash mid-save leaves the previous checkpoint intact."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # (see checkpoint_manager)
 
     manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)))
     if wait:
@@ -169,7 +148,7 @@ def save_checkpoint(manager, epoch: int, state, wait: bool = True) -> None:
 def restore_checkpoint(manager, state, epoch: int | None = None):
     """(epoch, state) from the newest (or the given) checkpoint, or (0, state) if none;
     `state` gives the structure, shapes and shardings to restore into."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # (see checkpoint_manager)
 
     epoch = manager.latest_step() if epoch is None else epoch
     if epoch is None:
@@ -181,14 +160,12 @@ def restore_checkpoint(manager, state, epoch: int | None = None):
 
 def load_trained(run_dir: str | os.PathLike):
     """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json);
-    the variables are those it was evaluated with (`train.eval_variables`)."""
-    from jaxmnist import train  # which builds the model and the state to restore into
-
+    the variables are those it was evaluated with (`steps.eval_variables`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     manager = checkpoint_manager(run_dir)
     if manager.latest_step() is None:
         raise RunDirError(f"{run_dir}: no checkpoint")
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
     _, state = restore_checkpoint(manager, state)
-    return train.make_model(config), train.eval_variables(state)
+    return steps.make_model(config), steps.eval_variables(state)

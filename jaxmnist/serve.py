@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxmnist import predict
+from jaxmnist.cli import ArgumentParser, fail, quiet_libraries, report
+from jaxmnist.configs import Config
+from jaxmnist.models import count_params
 
 MAX_BYTES = 5 * 1024 * 1024  # request bodies over 5 MiB are refused
 DRAIN_BYTES = 64 * 1024 * 1024  # larger ones are not even read: the connection is closed
@@ -38,8 +41,6 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 
 def run_info(run_dir: Path, num_params: int) -> dict:
     """What the page shows about the run: name, arch, parameters, final-epoch accuracy."""
-    from jaxmnist.configs import Config
-
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     info = {"run": run_dir.resolve().name, "arch": config.arch, "params": num_params}
     metrics = run_dir / "metrics.jsonl"
@@ -128,8 +129,6 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
     """A ready server (model loaded and compiled) for `run_dir`; call serve_forever()."""
-    from jaxmnist.models import count_params
-
     run_dir = Path(run_dir)
     classify = predict.Classifier.from_run(run_dir)
     info = run_info(run_dir, count_params(classify.variables["params"]))
@@ -138,8 +137,6 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
 
 
 def main(argv=None) -> int:
-    from jaxmnist.cli import ArgumentParser, fail, quiet_libraries, report
-
     prog = "python -m jaxmnist.serve"
     quiet_libraries()
     p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])

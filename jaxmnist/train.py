@@ -1,8 +1,9 @@
 """Train a net of the family on MNIST (the command line: `python -m jaxmnist.train`).
 
-Small pure functions in the shape of Flax's examples/mnist: `create_train_state`,
-`train_step`, `eval_step`, `train_epoch`, `train_and_evaluate(config, workdir)`. The
-loop is a Python loop over a jitted step; batches are cut on the device from a
+The loop of Flax's examples/mnist: `train_epoch` and `train_and_evaluate(config,
+workdir)`, over the state and steps of `jaxmnist.steps` (`create_train_state`,
+`train_step`, `eval_step`) compiled by `jaxmnist.parallel.Trainer`. The loop is a
+Python loop over a jitted step; batches are cut on the device from a
 device-resident copy of each split, and with several devices each batch is sharded over
 a 1-D mesh ("data") while the state stays replicated. The mesh may span several
 processes (hosts): see `jaxmnist.multihost`.
@@ -18,138 +19,20 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import struct
-from flax.training import train_state
+from tqdm.auto import tqdm
 
 from jaxmnist import configs, data, multihost, rundir
-from jaxmnist.models import Net
 from jaxmnist.parallel import Trainer
+from jaxmnist.steps import TrainState, create_train_state
 
 log = logging.getLogger("jaxmnist")
 
 
-class TrainState(train_state.TrainState):
-    batch_stats: Any
-    # With `ema_decay` > 0: {"params", "batch_stats"} averaged over the steps (an
-    # exponential moving average), which is what is evaluated and kept; else None.
-    ema: Any = None
-    ema_decay: float = struct.field(pytree_node=False, default=0.0)
-
-    def variables(self) -> dict:
-        """The newest weights and BatchNorm statistics, as `apply_fn` takes them."""
-        return {"params": self.params, "batch_stats": self.batch_stats}
-
-    def apply_gradients(self, *, grads, **kwargs) -> TrainState:
-        """The SGD step, then the average moved towards the new weights and statistics."""
-        state = super().apply_gradients(grads=grads, **kwargs)
-        if state.ema is None:
-            return state
-        # The decay ramps up, (1 + t) / (10 + t) after step t while that is smaller (timm's
-        # ModelEmaV2 warm-up), so the early average is not mostly of the initial weights.
-        step = jnp.asarray(state.step, jnp.float32)
-        decay = jnp.minimum(state.ema_decay, (1 + step) / (10 + step))
-        return state.replace(
-            ema=optax.incremental_update(state.variables(), state.ema, 1 - decay))
-
-
-def eval_variables(state: TrainState) -> dict:
-    """The variables to evaluate and serve: the average where there is one."""
-    return state.variables() if state.ema is None else state.ema
-
-
 class TrainingDiverged(RuntimeError):
     """The training loss stopped being finite."""
-
-
-def uses_fast_kernels(config: configs.Config) -> bool:
-    """`config.fast_kernels`, or where unset: on the CPU backend only (the kernels were
-    made for XLA:CPU and are measured faster only there)."""
-    if config.fast_kernels is None:
-        return jax.default_backend() == "cpu"
-    return config.fast_kernels
-
-
-def make_model(config: configs.Config) -> Net:
-    return Net(dropout_rate=config.dropout, fast=uses_fast_kernels(config), arch=config.arch,
-               bias=config.bias, dropout_at=config.dropout_at,
-               bn_before_relu=config.bn_before_relu)
-
-
-def variable_shapes(config: configs.Config) -> dict:
-    """The variables of `config`'s net as shapes (`jax.eval_shape`: nothing is compiled)."""
-    return jax.eval_shape(functools.partial(make_model(config).init, train=False),
-                          jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-
-
-def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
-    if config.schedule == "constant":
-        return optax.constant_schedule(config.lr)
-    # "onecycle", PyTorch OneCycleLR's shape: cosine up from lr/25, down to lr/(25*1e4).
-    total = config.epochs * steps_per_epoch
-    return optax.cosine_onecycle_schedule(
-        transition_steps=total,
-        peak_value=config.lr,
-        # At least one warm-up step: older optax (0.2.4) divides by a warm-up of zero
-        # steps, giving NaN, when a very short run rounds it down to nothing.
-        pct_start=max(config.warmup_fraction, 1.0 / total),
-    )
-
-
-def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
-    model = make_model(config)
-    variables = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
-    tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None,
-                   nesterov=config.nesterov)
-    if config.weight_decay:
-        # Decay before momentum, as PyTorch's SGD(weight_decay=...) does. Without it the
-        # optimizer state is plain SGD's, as in every checkpoint written before it.
-        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
-    return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=tx,
-        batch_stats=variables["batch_stats"], ema_decay=config.ema_decay,
-        # A copy: the state is donated to the step, and no buffer may appear twice in it.
-        ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay else None,
-    )
-
-
-def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0
-               ) -> tuple[TrainState, dict]:
-    """One SGD step on `batch`; dropout masks come from `rng` folded with the step. The
-    loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0."""
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            rngs={"dropout": dropout_rng}, mutable=["batch_stats"],
-        )
-        if label_smoothing:
-            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], 10), label_smoothing)
-            loss = optax.softmax_cross_entropy(logits, targets).mean()
-        else:
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state, {"loss": loss, "accuracy": accuracy}
-
-
-def eval_step(state: TrainState, batch: dict) -> dict:
-    """Summed loss and correct count over the rows of `batch` where `mask` is set, of
-    `eval_variables(state)`."""
-    logits = state.apply_fn(eval_variables(state), batch["image"], train=False)
-    mask = batch["mask"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = jnp.argmax(logits, -1) == batch["label"]
-    return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask)}
 
 
 def per_step(metrics: list[dict]) -> list[dict]:
@@ -225,8 +108,6 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     goes to the "jaxmnist" logger. Everything that can be checked without data is
     checked before anything is loaded or written. Over several processes only process 0
     writes files (orbax coordinates the checkpoints) and logs."""
-    from tqdm.auto import tqdm
-
     workdir = Path(workdir)
     is_main = multihost.is_main()
     rundir.check(workdir, config, resume)
@@ -306,6 +187,10 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
 
 
 if __name__ == "__main__":
+    # `python -m jaxmnist.train` runs this file as __main__. Registered under its own
+    # name too, so that the command line's `import jaxmnist.train` finds this module
+    # instead of executing the file a second time (two TrainingDiverged classes).
+    sys.modules.setdefault("jaxmnist.train", sys.modules[__name__])
     from jaxmnist.train_cli import main
 
     sys.exit(main())

@@ -16,8 +16,13 @@ import time
 import typing
 from pathlib import Path
 
-from jaxmnist import configs, multihost, rundir
+import jax
+from tqdm.auto import tqdm
+
+from jaxmnist import configs, data, multihost, rundir, steps
 from jaxmnist.cli import ArgumentParser, number, print_error, quiet_libraries, report, whole_number
+from jaxmnist.models import count_params, summary
+from jaxmnist.train import TrainingDiverged, train_and_evaluate
 
 PROG = "python -m jaxmnist.train"
 _PARSERS = {int: whole_number, float: number, str: str}
@@ -55,12 +60,9 @@ def config_from_args(args) -> configs.Config:
 
 
 def print_summary(config: configs.Config) -> None:
-    from jaxmnist.models import count_params, summary
-    from jaxmnist.train import make_model, variable_shapes
-
-    variables = variable_shapes(config)
+    variables = steps.variable_shapes(config)
     print(f"{'layer':<12} {'output':<14} {'params':>8}")
-    for name, shape, n in summary(make_model(config), variables):
+    for name, shape, n in summary(steps.make_model(config), variables):
         print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
     print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
 
@@ -68,8 +70,6 @@ def print_summary(config: configs.Config) -> None:
 def summary_line(history: list[dict], wall: float) -> str:
     """The run's last line: final and best accuracy (the best labelled as chosen on the
     eval set), wall time and training throughput."""
-    import jax
-
     eval_name = "val" if "val_accuracy" in history[-1] else "test"
     final = history[-1]
     best = max(history, key=lambda h: h[f"{eval_name}_accuracy"])
@@ -87,8 +87,6 @@ class _TqdmHandler(logging.Handler):
     """Log lines above the progress bar rather than through it."""
 
     def emit(self, record):
-        from tqdm.auto import tqdm
-
         tqdm.write(self.format(record), file=sys.stderr)
 
 
@@ -116,9 +114,6 @@ def main(argv=None) -> int:
 
 def train(args, config: configs.Config, run_dir: Path) -> int:
     """Trains into `run_dir` and prints the summary; returns the exit code."""
-    from jaxmnist import data
-    from jaxmnist.train import TrainingDiverged, train_and_evaluate
-
     log = logging.getLogger("jaxmnist")
     if not log.handlers:
         log.addHandler(_TqdmHandler())

@@ -129,16 +129,16 @@ def test_bad_architectures_are_refused(arch, message):
 
 
 def test_tiny_recipe_is_under_the_published_3762_parameters():
-    from jaxmnist import configs, train
+    from jaxmnist import configs, steps
 
-    _, variables, _ = shapes(train.make_model(configs.tiny()))
+    _, variables, _ = shapes(steps.make_model(configs.tiny()))
     assert count_params(variables["params"]) == 3_622 <= 3_762
 
 
 def test_nano_recipe_is_under_700_parameters():
-    from jaxmnist import configs, train
+    from jaxmnist import configs, steps
 
-    _, variables, _ = shapes(train.make_model(configs.nano()))
+    _, variables, _ = shapes(steps.make_model(configs.nano()))
     assert count_params(variables["params"]) == 698 <= 700
 
 

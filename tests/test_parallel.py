@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent("""
     import dataclasses, json
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
-    from jaxmnist import configs, data, train
+    from jaxmnist import configs, data, parallel, steps
 
     assert jax.device_count() == 8, jax.devices()
     # The default recipe (BatchNorm in every block, dropout, augmentation) on a shorter
@@ -22,8 +22,8 @@ SCRIPT = textwrap.dedent("""
         jax.random.randint(jax.random.key(1), (512,), 0, 10))
 
     def run(devices):
-        trainer = train.Trainer(config, devices)
-        state = trainer.put(train.create_train_state(config, jax.random.key(2), 4))
+        trainer = parallel.Trainer(config, devices)
+        state = trainer.put(steps.create_train_state(config, jax.random.key(2), 4))
         perm = trainer.permutation(jax.random.key(3), len(split), config.batch_size)
         losses, specs = [], set()
         for i in range(4):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import configs, kernels, rundir, train, train_cli
+from jaxmnist import configs, kernels, rundir, steps, train, train_cli
 from tests.conftest import run_in_process
 
 # Short runs on the synthetic splits: 8 steps of 128 an epoch, 500 images to evaluate,
@@ -34,8 +34,8 @@ def random_batch(n=64, seed=0):
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
     config = configs.seed()
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-    step = jax.jit(train.train_step)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    step = jax.jit(steps.train_step)
     batch = random_batch()
     losses = []
     for _ in range(25):
@@ -44,14 +44,14 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     assert np.mean(losses[-5:]) < 0.75 * losses[0], losses
     assert int(state.step) == 25
     # BatchNorm statistics moved; parameters changed.
-    fresh = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    fresh = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
     assert not np.allclose(state.batch_stats["block1"]["bn"]["mean"],
                            fresh.batch_stats["block1"]["bn"]["mean"])
 
 
 def test_label_smoothing_trains_against_smoothed_targets():
     config = configs.Config(arch="c4 p c8", dropout=0.0)
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
     batch = random_batch(n=16)
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                             batch["image"], train=True, mutable=["batch_stats"])[0]
@@ -59,8 +59,8 @@ def test_label_smoothing_trains_against_smoothed_targets():
     log_p = np.asarray(jax.nn.log_softmax(logits))
     targets = 0.9 * np.eye(10)[np.asarray(batch["label"])] + 0.01
     expected = -(targets * log_p).sum(-1).mean()
-    _, m = jax.jit(train.train_step, static_argnums=3)(state, batch, jax.random.key(1), 0.1)
-    _, plain = jax.jit(train.train_step)(state, batch, jax.random.key(1))
+    _, m = jax.jit(steps.train_step, static_argnums=3)(state, batch, jax.random.key(1), 0.1)
+    _, plain = jax.jit(steps.train_step)(state, batch, jax.random.key(1))
     np.testing.assert_allclose(float(m["loss"]), expected, rtol=1e-5)
     assert abs(float(m["loss"]) - float(plain["loss"])) > 1e-3
 
@@ -68,9 +68,9 @@ def test_label_smoothing_trains_against_smoothed_targets():
 def test_weight_decay_adds_its_multiple_of_the_weights_to_the_gradient():
     plain = configs.Config(arch="c4 p c8", dropout=0.0)  # constant lr 0.04, momentum 0.9
     decayed = dataclasses.replace(plain, weight_decay=0.1)
-    batch, step = random_batch(n=16), jax.jit(train.train_step)
-    a = train.create_train_state(plain, jax.random.key(0), steps_per_epoch=10)
-    b = train.create_train_state(decayed, jax.random.key(0), steps_per_epoch=10)
+    batch, step = random_batch(n=16), jax.jit(steps.train_step)
+    a = steps.create_train_state(plain, jax.random.key(0), steps_per_epoch=10)
+    b = steps.create_train_state(decayed, jax.random.key(0), steps_per_epoch=10)
     w0 = jax.device_get(a.params)
     a, _ = step(a, batch, jax.random.key(1))
     b, _ = step(b, batch, jax.random.key(1))
@@ -81,7 +81,7 @@ def test_weight_decay_adds_its_multiple_of_the_weights_to_the_gradient():
     # Before the momentum (PyTorch's order): with the same g and w twice, the second
     # update is -lr (0.9 (g + wd w) + g + wd w).
     g, w = jnp.ones(3), jnp.full(3, 2.0)
-    tx = train.create_train_state(decayed, jax.random.key(0), steps_per_epoch=10).tx
+    tx = steps.create_train_state(decayed, jax.random.key(0), steps_per_epoch=10).tx
     opt_state = tx.init(w)
     for _ in range(2):
         update, opt_state = tx.update(g, opt_state, w)
@@ -94,7 +94,7 @@ def test_nesterov_momentum_looks_one_step_ahead():
     # and Nesterov's by -lr g (m·trace + 1): (1 + m) on the first step, 1 + m + m^2 on the
     # second, as PyTorch's SGD(nesterov=True) does.
     config = configs.Config(arch="c4 p c8", momentum=0.9, nesterov=True)
-    tx = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10).tx
+    tx = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10).tx
     g, w = jnp.ones(3), jnp.zeros(3)
     opt_state = tx.init(w)
     first, opt_state = tx.update(g, opt_state, w)
@@ -106,13 +106,13 @@ def test_nesterov_momentum_looks_one_step_ahead():
 
 def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
     config = configs.Config(arch="c4 p c8", dropout=0.0, ema_decay=0.9)
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
     assert configs.Config(arch="c4 p c8").ema_decay == 0.0
-    assert train.create_train_state(configs.Config(arch="c4 p c8"), jax.random.key(0), 10).ema \
+    assert steps.create_train_state(configs.Config(arch="c4 p c8"), jax.random.key(0), 10).ema \
         is None
     chex.assert_trees_all_equal(state.ema, {"params": state.params,
                                             "batch_stats": state.batch_stats})
-    step, batch = jax.jit(train.train_step), random_batch(n=16)
+    step, batch = jax.jit(steps.train_step), random_batch(n=16)
     expected = jax.device_get(state.ema)
     for t in range(1, 31):
         state, _ = step(state, batch, jax.random.key(1))
@@ -123,11 +123,11 @@ def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
     assert not np.allclose(state.ema["params"]["head"]["kernel"], state.params["head"]["kernel"])
     # eval_step scores the average, not the newest weights.
     eval_batch = {**batch, "mask": jnp.ones(16)}
-    averaged = train.eval_step(state, eval_batch)
-    chex.assert_trees_all_close(averaged, train.eval_step(
+    averaged = steps.eval_step(state, eval_batch)
+    chex.assert_trees_all_close(averaged, steps.eval_step(
         state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"],
                       ema=None), eval_batch), rtol=1e-6)
-    assert float(averaged["loss"]) != float(train.eval_step(state.replace(ema=None),
+    assert float(averaged["loss"]) != float(steps.eval_step(state.replace(ema=None),
                                                             eval_batch)["loss"])
 
 
@@ -135,7 +135,7 @@ def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
                     reason=f"jaxlib {jax.__version__} has no YNNPACK option")
 def test_trainer_compiles_without_ynnpack_on_cpu():
     config = configs.seed()
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
     batch, key = random_batch(8), jax.random.key(1)
 
     def compiled(trainer):
@@ -149,11 +149,11 @@ def test_trainer_compiles_without_ynnpack_on_cpu():
 
 def test_eval_step_masks_padding():
     config = configs.seed()
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
     batch = random_batch(8)
-    full = train.eval_step(state, {**batch, "mask": jnp.ones(8)})
-    half = train.eval_step(state, {**batch, "mask": jnp.array([1.0] * 4 + [0.0] * 4)})
-    first = train.eval_step(state, {k: v[:4] for k, v in batch.items()} | {"mask": jnp.ones(4)})
+    full = steps.eval_step(state, {**batch, "mask": jnp.ones(8)})
+    half = steps.eval_step(state, {**batch, "mask": jnp.array([1.0] * 4 + [0.0] * 4)})
+    first = steps.eval_step(state, {k: v[:4] for k, v in batch.items()} | {"mask": jnp.ones(4)})
     chex.assert_trees_all_close(half, first, rtol=1e-5)
     assert float(full["loss"]) > float(half["loss"])
 
@@ -193,7 +193,7 @@ def test_steps_in_a_scan_match_one_step_per_call(synthetic_splits, tmp_path):
     aug_key, dropout_key = jax.random.key(4), jax.random.key(5)
 
     def fresh_state():
-        return trainer.put(train.create_train_state(config, jax.random.key(0), 8))
+        return trainer.put(steps.create_train_state(config, jax.random.key(0), 8))
 
     # The same batch, augmentation and dropout: the same step, to float32 round-off
     # (XLA may order a reduction differently inside the loop).
@@ -271,7 +271,7 @@ def test_a_run_with_a_weight_average_keeps_and_serves_it(synthetic_splits, tmp_p
     chex.assert_trees_all_equal(variables, jax.device_get(state.ema))
     # A resumed run restores the average with the rest of the state.
     manager = rundir.checkpoint_manager(tmp_path / "run")
-    fresh = train.create_train_state(config, jax.random.key(9), steps_per_epoch=8)
+    fresh = steps.create_train_state(config, jax.random.key(9), steps_per_epoch=8)
     epoch, restored = rundir.restore_checkpoint(manager, fresh)
     assert epoch == 1
     chex.assert_trees_all_equal(jax.device_get(restored.ema), jax.device_get(state.ema))
@@ -293,10 +293,10 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     config = configs.default()
     assert config.fast_kernels is None
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    assert train.make_model(config).fast
+    assert steps.make_model(config).fast
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert not train.make_model(config).fast
-    assert train.make_model(dataclasses.replace(config, fast_kernels=True)).fast
+    assert not steps.make_model(config).fast
+    assert steps.make_model(dataclasses.replace(config, fast_kernels=True)).fast
 
 
 @pytest.mark.parametrize("values, message", [

@@ -1,0 +1,135 @@
+"""The train state and the pure functions of one step: what `jax.jit` compiles.
+
+`create_train_state`, `train_step` and `eval_step` in the shape of Flax's
+examples/mnist, with the model and its schedule. This module imports neither the loop
+(`jaxmnist.train`), the mesh (`jaxmnist.parallel`), the run directory
+(`jaxmnist.rundir`) nor a command line: each of those imports it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from jaxmnist import configs
+from jaxmnist.models import Net
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+    # With `ema_decay` > 0: {"params", "batch_stats"} averaged over the steps (an
+    # exponential moving average), which is what is evaluated and kept; else None.
+    ema: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def variables(self) -> dict:
+        """The newest weights and BatchNorm statistics, as `apply_fn` takes them."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+    def apply_gradients(self, *, grads, **kwargs) -> TrainState:
+        """The SGD step, then the average moved towards the new weights and statistics."""
+        state = super().apply_gradients(grads=grads, **kwargs)
+        if state.ema is None:
+            return state
+        # The decay ramps up, (1 + t) / (10 + t) after step t while that is smaller (timm's
+        # ModelEmaV2 warm-up), so the early average is not mostly of the initial weights.
+        step = jnp.asarray(state.step, jnp.float32)
+        decay = jnp.minimum(state.ema_decay, (1 + step) / (10 + step))
+        return state.replace(
+            ema=optax.incremental_update(state.variables(), state.ema, 1 - decay))
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The variables to evaluate and serve: the average where there is one."""
+    return state.variables() if state.ema is None else state.ema
+
+
+def uses_fast_kernels(config: configs.Config) -> bool:
+    """`config.fast_kernels`, or where unset: on the CPU backend only (the kernels were
+    made for XLA:CPU and are measured faster only there)."""
+    if config.fast_kernels is None:
+        return jax.default_backend() == "cpu"
+    return config.fast_kernels
+
+
+def make_model(config: configs.Config) -> Net:
+    return Net(dropout_rate=config.dropout, fast=uses_fast_kernels(config), arch=config.arch,
+               bias=config.bias, dropout_at=config.dropout_at,
+               bn_before_relu=config.bn_before_relu)
+
+
+def variable_shapes(config: configs.Config) -> dict:
+    """The variables of `config`'s net as shapes (`jax.eval_shape`: nothing is compiled)."""
+    return jax.eval_shape(functools.partial(make_model(config).init, train=False),
+                          jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+
+
+def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
+    if config.schedule == "constant":
+        return optax.constant_schedule(config.lr)
+    # "onecycle", PyTorch OneCycleLR's shape: cosine up from lr/25, down to lr/(25*1e4).
+    total = config.epochs * steps_per_epoch
+    return optax.cosine_onecycle_schedule(
+        transition_steps=total,
+        peak_value=config.lr,
+        # At least one warm-up step: older optax (0.2.4) divides by a warm-up of zero
+        # steps, giving NaN, when a very short run rounds it down to nothing.
+        pct_start=max(config.warmup_fraction, 1.0 / total),
+    )
+
+
+def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
+    model = make_model(config)
+    variables = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
+    tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None,
+                   nesterov=config.nesterov)
+    if config.weight_decay:
+        # Decay before momentum, as PyTorch's SGD(weight_decay=...) does. Without it the
+        # optimizer state is plain SGD's, as in every checkpoint written before it.
+        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx,
+        batch_stats=variables["batch_stats"], ema_decay=config.ema_decay,
+        # A copy: the state is donated to the step, and no buffer may appear twice in it.
+        ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay else None,
+    )
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, dict]:
+    """One SGD step on `batch`; dropout masks come from `rng` folded with the step. The
+    loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0."""
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"],
+        )
+        if label_smoothing:
+            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], 10), label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+        else:
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+    """Summed loss and correct count over the rows of `batch` where `mask` is set, of
+    `eval_variables(state)`."""
+    logits = state.apply_fn(eval_variables(state), batch["image"], train=False)
+    mask = batch["mask"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask)}
