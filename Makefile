@@ -87,7 +87,7 @@ RUN ?= experiments/results/default
 serve: $(STAMP)
 	$(PY) -m jaxmnist.serve --run $(RUN) $(ARGS)
 
-# Appends to runs/bench.jsonl; OUT=experiments/results/bench.jsonl records a committed figure.
+# Appends to runs/bench.jsonl; OUT=experiments/results/studies/bench.jsonl records a committed figure.
 bench: $(STAMP)
 	$(PY) -m jaxmnist.bench --out $(or $(OUT),runs/bench.jsonl) $(ARGS)
 

@@ -10,7 +10,7 @@
 #
 #   bash experiments/accelerator_check.sh [--dry-run] [OUT]
 #
-# OUT defaults to experiments/results/accelerators/<backend>. --dry-run runs the same
+# OUT defaults to experiments/results/studies/accelerators/<backend>. --dry-run runs the same
 # steps with tiny budgets (1 epoch of a few steps, a few benchmark steps), as the test
 # suite does on the CPU. The project itself is used from this checkout (PYTHONPATH), so
 # the runtime's own jax, jaxlib and plugins are never touched.
@@ -23,7 +23,7 @@ carry=experiments/carry
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export JAXMNIST_DATA_DIR=${JAXMNIST_DATA_DIR:-$carry/mnist}
 backend=$("$py" -c "import jax; print(jax.default_backend())")
-out=${1:-experiments/results/accelerators/$backend}
+out=${1:-experiments/results/studies/accelerators/$backend}
 mkdir -p "$out"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

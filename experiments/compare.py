@@ -7,7 +7,7 @@ Alternates the benchmarks round by round (the machine is noisy): jaxmnist, PyTor
 fp32, and (`--peer tuned` or `both`) PyTorch with channels_last and bfloat16 autocast,
 as a PyTorch user would tune it for a CPU. Prints each round and the median ratio
 jaxmnist / each peer of train images/s, and the ratio to the faster peer of this
-machine (`--peer both`), and appends a summary to experiments/results/compare.jsonl. The
+machine (`--peer both`), and appends a summary to experiments/results/studies/compare.jsonl. The
 net and batch are the recipe's (`--recipe`, default the seed net).
 """
 
@@ -75,7 +75,7 @@ def main():
     if "median_ratio_faster_peer" in summary:
         print(f"median ratio jaxmnist / the faster peer: "
               f"{summary['median_ratio_faster_peer']:.2f}")
-    with (HERE / "results" / "compare.jsonl").open("a") as f:
+    with (HERE / "results" / "studies" / "compare.jsonl").open("a") as f:
         f.write(json.dumps(summary) + "\n")
 
 

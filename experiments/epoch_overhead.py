@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     p.add_argument("--tfds-dir")
     p.add_argument("--data-dir")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=str(REPO / "experiments/results/epoch_overhead.json"))
+    p.add_argument("--out", default=str(REPO / "experiments/results/studies/epoch_overhead.json"))
     args = p.parse_args(argv)
 
     config = configs.default()

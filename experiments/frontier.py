@@ -2,10 +2,11 @@
 
     python experiments/frontier.py [--results experiments/results]
 
-Reads every committed run directly under experiments/results/ (config.json and
-metrics.jsonl of runs evaluated on the test set; the validation runs of selection/ are
-not test results), groups the seeds of one config, and writes
-experiments/results/frontier/frontier.md (a table) and frontier.png (two panels:
+Reads the committed test-set runs (config.json and metrics.jsonl) of the current
+recipes (experiments/results/*), the superseded ones (superseded/*) and the published
+net rebuilt (studies/published-3762*); the validation runs of selection/ are not test
+results. Groups the seeds of one config and writes
+experiments/results/studies/frontier/frontier.md (a table) and frontier.png (two panels:
 accuracy against parameters, log scale, with the published points drawn and labelled;
 accuracy against seconds of training on this CPU). Accuracy is always the final
 epoch's, as mean ± sample std over seeds.
@@ -49,10 +50,18 @@ def count_params(config) -> int:
     return count(variable_shapes(config)["params"])
 
 
+def test_set_runs(results: Path) -> list[Path]:
+    """The run directories the frontier draws (see the module's docstring)."""
+    paths = [*results.glob("*/config.json"), *results.glob("superseded/*/config.json"),
+             *results.glob("studies/published-3762*/config.json")]
+    return sorted(p.parent for p in paths)
+
+
 def runs_made_alone(results: Path) -> dict[str, str]:
-    """The runs timing/alone.txt lists as made with the machine to themselves, each with
-    the machine it names after the run's name ("" where it names none)."""
-    path = results / "timing" / "alone.txt"
+    """The runs studies/timing/alone.txt lists as made with the machine to themselves
+    (by their path under `results`), each with the machine it names after the run's
+    name ("" where it names none)."""
+    path = results / "studies" / "timing" / "alone.txt"
     if not path.exists():
         return {}
     runs = {}
@@ -69,9 +78,8 @@ def load_groups(results: Path) -> list[dict]:
 
     alone = runs_made_alone(results)
     groups: dict[str, dict] = {}
-    for config_path in sorted(results.glob("*/config.json")):
-        run = config_path.parent
-        config = Config.from_dict(json.loads(config_path.read_text()))
+    for run in test_set_runs(results):
+        config = Config.from_dict(json.loads((run / "config.json").read_text()))
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                    if line.strip()]
         if config.validation or not metrics or metrics[-1]["epoch"] != config.epochs:
@@ -79,13 +87,14 @@ def load_groups(results: Path) -> list[dict]:
         key = json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"},
                          sort_keys=True)
         group = groups.setdefault(key, {"config": config, "runs": []})
+        name = run.relative_to(results).as_posix()
         group["runs"].append({
-            "name": run.name, "seed": config.seed,
+            "name": name, "seed": config.seed,
             "accuracy": 100 * metrics[-1]["test_accuracy"],
             "seconds": sum(m["seconds"] for m in metrics),
             "images_per_s": statistics.median(m["train_images_per_s"] for m in metrics),
-            "alone": run.name in alone,
-            "machine": alone.get(run.name, ""),
+            "alone": name in alone,
+            "machine": alone.get(name, ""),
         })
     out = []
     for group in groups.values():
@@ -116,7 +125,7 @@ def write_table(groups: list[dict], path: Path) -> None:
         "Final-epoch test accuracy, mean ± sample std over the seeds listed. Seconds: the "
         "epochs (training and evaluation, the first epoch's compilation included) as "
         "metrics.jsonl recorded them, of the fastest seed made alone on the machine "
-        "(experiments/results/timing/alone.txt); where no seed was, of the fastest seed, "
+        "(experiments/results/studies/timing/alone.txt); where no seed was, of the fastest seed, "
         "marked 'shared': those ran beside other work and are not speed figures. The "
         "machines differ between runs (named beside the seconds where alone.txt names "
         "one), so seconds compare only runs made on the same one.",
@@ -165,7 +174,7 @@ def plot(groups: list[dict], path: Path) -> None:
             where = "\nshared cores" if shared else (
                 f"\n{g['machine']}" if ax is ax_t and g["machine"] else "")
             value = f": {g['mean']:.2f} ± {g['std']:.2f} %, below the axis" if below else ""
-            label = f"{g['name']} (n={len(g['runs'])}){value}{where}"
+            label = f"{Path(g['name']).name} (n={len(g['runs'])}){value}{where}"
             # A label to the right would run over a point close to the right of this one.
             key = "params" if ax is ax_p else "seconds"
             crowded = any(x < h[key] <= 1.6 * x for h in groups)
@@ -197,7 +206,7 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=REPO / "experiments/results")
     args = p.parse_args()
     groups = load_groups(args.results)
-    out = args.results / "frontier"
+    out = args.results / "studies" / "frontier"
     out.mkdir(parents=True, exist_ok=True)
     write_table(groups, out / "frontier.md")
     plot(groups, out / "frontier.png")

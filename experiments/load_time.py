@@ -2,7 +2,7 @@
 optionally, in another checkout with its own Python, alternating.
 
     python experiments/load_time.py [--other-python OLD/.venv/bin/python --other-repo OLD]
-        [--rounds 3] [--out experiments/results/load_time.json]
+        [--rounds 3] [--out experiments/results/studies/load_time.json]
 
 Each measurement is a fresh process (imports included, timed apart) loading MNIST from
 a TFDS data dir that the same checkout prepared beforehand (its own, since the two
@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--other-repo", type=Path, help="that checkout's root")
     p.add_argument("--other-label", default="other")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", type=Path, default=REPO / "experiments/results/load_time.json")
+    p.add_argument("--out", type=Path, default=REPO / "experiments/results/studies/load_time.json")
     args = p.parse_args()
     sides = {"current": (sys.executable, REPO)}
     if args.other_python:

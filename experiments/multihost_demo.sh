@@ -2,7 +2,7 @@
 # One run over two processes on this machine (1 CPU device each, gloo), as a user sees it:
 # process 1 is killed in epoch 2, process 0 stops with one line; both resume; the result
 # equals one process with 2 devices; then a process whose peer never starts.
-#   bash experiments/multihost_demo.sh > experiments/results/multihost/session.txt 2>&1
+#   bash experiments/multihost_demo.sh > experiments/results/studies/multihost/session.txt 2>&1
 # Needs MNIST (JAXMNIST_DATA_DIR or TFDS).
 set -u
 cd "$(dirname "$0")/.."

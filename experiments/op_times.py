@@ -10,7 +10,7 @@ convolutions asynchronously, so their end is a separate event, and ops that over
 (on more than one core) each count their whole interval. On one core
 (`taskset -c 0 python ...`) nothing overlaps and the op times add up to the step.
 
-Appends one line to experiments/results/op_times.jsonl: the median of as many steps
+Appends one line to experiments/results/studies/op_times.jsonl: the median of as many steps
 timed without the profiler, the number of cores the process may use, and the `--top`
 ops by time.
 """
@@ -133,7 +133,7 @@ def main():
     for row in result["top_ops"]:
         print(f"{row['ms']:8.2f} ms  {row['op']:<26} {row['shape']:<20} "
               f"{row['source'].removeprefix('jit(train_step)/')[-60:]}")
-    with (HERE / "results" / "op_times.jsonl").open("a") as f:
+    with (HERE / "results" / "studies" / "op_times.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
 
 

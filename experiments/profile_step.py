@@ -18,15 +18,15 @@ net): each ConvBlock whole, and its convolution alone.
 
 `--layers-only --arch ARCH` times only the layers, of any net of the family: its conv
 blocks (and their convolutions alone) and its space-to-depth layers, appending one
-line per run to experiments/results/layer_costs.jsonl.
+line per run to experiments/results/studies/layer_costs.jsonl.
 
 `--rusage LABEL` instead runs 50 jitted train steps and reports what the process
 spent on them (user and system CPU seconds, minor page faults per step), appending
-one line with LABEL to experiments/results/rusage.jsonl; run it under different
+one line with LABEL to experiments/results/studies/rusage.jsonl; run it under different
 environments (e.g. `MALLOC_ARENA_MAX=1`) to compare allocators.
 
 The machine is noisy: the parts are timed round-robin, `--rounds` times, and the
-median per part is reported. Prints a table and writes experiments/results/profile.json.
+median per part is reported. Prints a table and writes experiments/results/studies/profile.json.
 """
 
 import argparse
@@ -207,7 +207,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rusage", metavar="LABEL", help="only the CPU-time and page-fault probe")
     p.add_argument("--layers-only", action="store_true",
-                   help="only the layers of --arch, appended to results/layer_costs.jsonl")
+                   help="only the layers of --arch, appended to results/studies/layer_costs.jsonl")
     p.add_argument("--arch", default=SEED_ARCH, help="the net for --layers-only")
     args = p.parse_args()
     if args.arch != SEED_ARCH and not args.layers_only:
@@ -223,7 +223,7 @@ def main():
             print(f"{name:<36} {ms:>8.2f}")
         print(f"{'sum (blocks and space-to-depth)':<36} "
               f"{sum(ms for n, ms in result['layer_ms_median'].items() if 'only' not in n):>8.2f}")
-        with (HERE / "results" / "layer_costs.jsonl").open("a") as f:
+        with (HERE / "results" / "studies" / "layer_costs.jsonl").open("a") as f:
             f.write(json.dumps(result) + "\n")
         return
     if args.rusage:
@@ -234,7 +234,7 @@ def main():
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                       timespec="seconds")}
         print(json.dumps(result))
-        with (HERE / "results" / "rusage.jsonl").open("a") as f:
+        with (HERE / "results" / "studies" / "rusage.jsonl").open("a") as f:
             f.write(json.dumps(result) + "\n")
         return
     variants = {"fast": parts(True, args.batch_size), "flax": parts(False, args.batch_size)}
@@ -260,7 +260,7 @@ def main():
         "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
         **run_info(),
     }
-    (HERE / "results" / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / "results" / "studies" / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Real output for the README's "Resume, predict, and errors" section:
-#   bash experiments/reliability_demo.sh > experiments/results/reliability_demo.txt 2>&1
+# Real output for docs/reliability.md (resume, predict, errors, as a user sees them):
+#   bash experiments/reliability_demo.sh > experiments/results/studies/reliability_demo.txt 2>&1
 # Needs a trained run in experiments/results/default and MNIST (JAXMNIST_DATA_DIR or TFDS).
 set -u
 cd "$(dirname "$0")/.."

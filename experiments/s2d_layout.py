@@ -8,7 +8,7 @@ pixel's C channels side by side ((2i + j)·C + c), so the reshape moves whole ru
 floats. Either is the same net up to a fixed permutation of the next conv's input
 channels. This times the whole train step (`jaxmnist.bench.bench`) of each net with each
 order, round-robin `--rounds` times, and writes the medians to
-experiments/results/s2d_layout.json.
+experiments/results/studies/s2d_layout.json.
 """
 
 import argparse
@@ -22,7 +22,7 @@ from step_variants import patched
 
 from jaxmnist import bench, configs, models
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "studies"
 
 
 def channels_last_space_to_depth(x: jax.Array) -> jax.Array:

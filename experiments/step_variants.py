@@ -43,7 +43,7 @@ cores):
 `--variant NAME` (repeatable) times only those variants beside jaxmnist; `--out`
 writes the result elsewhere.
 
-Prints a table and writes experiments/results/step_variants.json (or `--out`).
+Prints a table and writes experiments/results/studies/step_variants.json (or `--out`).
 """
 
 import argparse
@@ -239,7 +239,7 @@ def main():
     p.add_argument("--arch", help="another net, in the arch language (default: the recipe's)")
     p.add_argument("--variant", action="append", metavar="NAME",
                    help="a variant to time besides jaxmnist, repeatable (default: all)")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "step_variants.json")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "studies" / "step_variants.json")
     args = p.parse_args()
     chosen = list(VARIANTS)
     if args.variant:

@@ -1,152 +1,455 @@
-"""Tables for the README from the runs' own metrics.jsonl files.
+"""Every table of results in the docs, generated from the committed runs and studies.
 
-    python experiments/summarize.py > experiments/results/summary.md
+    python experiments/summarize.py            # rewrite the tables, and studies/summary.md
+    python experiments/summarize.py --check    # exit 1, naming each table that differs
 
-Reads experiments/results/{selection/*,*}/metrics.jsonl (every committed run) and
-prints the final-epoch accuracies (the figure that counts), the best epoch (chosen on
-the evaluation set itself, so only descriptive), and the mean ± std over seeds.
+A table lives in README.md or docs/*.md between two marker comments:
+
+    <!-- generated: KIND ARGS -->
+    ...
+    <!-- end generated -->
+
+and everything between them is this script's output for KIND (the `TABLES` below), read
+from experiments/results/. So a figure in a table cannot drift from the file it comes
+from: `tests/test_docs.py` runs `--check`. experiments/results/studies/summary.md lists
+every run (final-epoch, last-5 and best-epoch accuracies; the best epoch is chosen on
+the set it is read on, so only descriptive).
 """
 
+from __future__ import annotations
+
+import argparse
+import functools
 import json
+import re
 import statistics
+import sys
 from pathlib import Path
 
-from jaxmnist.configs import Config
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results"
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+CURRENT = ["default", "fast", "tiny", "nano", "seed"]  # the recipes, in the table's order
+BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)",
+                   re.S)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-# A run is described by how its config differs from these (Config's own defaults).
-DEFAULTS = Config()
+sys.path.insert(0, str(REPO / "experiments"))
 
 
+def natural(text: str) -> list:
+    """Sort key: numbers as numbers (fast-3 before fast-10)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
+
+# --- runs -------------------------------------------------------------------------------
+
+@functools.cache
 def load(run: Path) -> tuple[dict, list[dict]]:
-    config = json.loads((run / "config.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return config, rows
+    """(config with the fields it predates at their defaults, metrics records)."""
+    from jaxmnist.configs import Config
+
+    config = Config.from_dict(json.loads((run / "config.json").read_text())).to_dict()
+    text = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
+    return config, [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def describe(config: dict) -> str:
-    parts = [f"{config['schedule']} lr {config['lr']:g}"]
-    if config.get("arch", DEFAULTS.arch) != DEFAULTS.arch:
-        parts.insert(0, f"`{config['arch']}`")
-    if config["epochs"] != DEFAULTS.epochs:
-        parts.append(f"{config['epochs']} epochs")
-    if config.get("momentum", DEFAULTS.momentum) != DEFAULTS.momentum:
-        parts.append(f"momentum {config['momentum']:g}")
-    if config.get("nesterov"):
-        parts.append("Nesterov momentum")
-    if (config["schedule"] == "onecycle"
-            and config.get("warmup_fraction", DEFAULTS.warmup_fraction)
-            != DEFAULTS.warmup_fraction):
-        parts.append(f"warm-up {config['warmup_fraction']:g} of the steps")
-    if config.get("bias"):
-        parts.insert(1, "conv biases")
-    if config.get("bn_before_relu"):
-        parts.insert(1, "BatchNorm before ReLU")
-    if config["dropout"] and config.get("dropout_at", DEFAULTS.dropout_at) == "pools":
-        parts.append(f"dropout {config['dropout']:g} after pools only")
-    elif config["dropout"] != DEFAULTS.dropout:
-        parts.append(f"dropout {config['dropout']:g}")
-    if config.get("label_smoothing"):
-        parts.append(f"label smoothing {config['label_smoothing']:g}")
-    if config.get("weight_decay"):
-        parts.append(f"weight decay {config['weight_decay']:g}")
-    if config.get("ema_decay"):
-        parts.append(f"weight average (EMA) {config['ema_decay']:g}")
-    if config["batch_size"] != DEFAULTS.batch_size:
-        parts.append(f"batch {config['batch_size']}")
-    if config["rotate_degrees"]:
-        parts.append(f"rotate ±{config['rotate_degrees']:g}°")
-    if config["shift_pixels"]:
-        parts.append(f"shift ±{config['shift_pixels']:g} px")
-    if config.get("scale"):
-        parts.append(f"zoom ±{100 * config['scale']:g} %")
-    if config.get("brightness") or config.get("contrast"):
-        parts.append(f"brightness ±{config.get('brightness', 0):g}, "
-                     f"contrast ±{config.get('contrast', 0):g}")
-    if not any(config.get(k) for k in ("rotate_degrees", "shift_pixels", "scale",
-                                       "brightness", "contrast")):
-        parts.append("no augmentation")
-    elif config.get("augment_probability", 1.0) != 1.0:
-        parts.append(f"each with probability {config['augment_probability']:g}")
+@functools.cache
+def params(arch: str, bias: bool) -> int:
+    from jaxmnist.configs import Config
+    from jaxmnist.models import count_params
+    from jaxmnist.steps import variable_shapes
+
+    return count_params(variable_shapes(Config(arch=arch, bias=bias))["params"])
+
+
+def accuracy(run: Path, epoch: int = -1) -> float:
+    config, rows = load(run)
+    split = "val" if config["validation"] else "test"
+    return 100 * rows[epoch][f"{split}_accuracy"]
+
+
+def seeds_of(base: Path) -> list[Path]:
+    """`base` and its other seeds (`base`-seedN), in seed order."""
+    runs = [base, *base.parent.glob(f"{base.name}-seed*")]
+    return sorted((r for r in runs if (r / "config.json").exists()),
+                  key=lambda r: load(r)[0]["seed"])
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def alone() -> dict[str, str]:
+    from frontier import runs_made_alone
+
+    return runs_made_alone(RESULTS)
+
+
+# --- how a config reads: the fields that matter, in words ------------------------------
+
+def _augmentation(c: dict) -> str:
+    parts = []
+    if c.get("rotate_degrees"):
+        parts.append(f"rotate ±{c['rotate_degrees']:g}°")
+    if c.get("shift_pixels"):
+        parts.append(f"shift ±{c['shift_pixels']:g} px")
+    if c.get("scale"):
+        parts.append(f"zoom ±{100 * c['scale']:g} %")
+    if c.get("brightness") or c.get("contrast"):
+        parts.append(f"brightness ±{c.get('brightness', 0):g}, contrast ±{c.get('contrast', 0):g}")
+    if not parts:
+        return "no augmentation"
+    if c.get("augment_probability", 1.0) != 1.0:
+        parts.append(f"each with probability {c['augment_probability']:g}")
     return ", ".join(parts)
 
 
-def row(name: str, run: Path) -> str | None:
-    if not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
-        return None
-    config, rows = load(run)
-    split = "val" if config["validation"] else "test"
-    acc = [100 * r[f"{split}_accuracy"] for r in rows]
-    best = max(range(len(acc)), key=acc.__getitem__)
-    last5 = acc[-5:]
-    done = f"{len(rows)}/{config['epochs']}"
-    final = (f"**{acc[-1]:.2f}**" if len(rows) == config["epochs"]
-             else f"unfinished ({acc[-1]:.2f} at epoch {len(rows)})")
-    minutes = sum(r["seconds"] for r in rows) / 60
-    return (f"| {name} | {describe(config)} | {config['seed']} | {done} | {split} | "
-            f"{final} | {min(last5):.2f}–{max(last5):.2f} | "
-            f"{acc[best]:.2f} (epoch {rows[best]['epoch']}) | {minutes:.0f} |")
+def _schedule(c: dict) -> str:
+    if c["schedule"] == "constant":
+        return f"constant lr {c['lr']:g}"
+    text = f"one-cycle to lr {c['lr']:g}"
+    if c.get("warmup_fraction", 0.3) != 0.3:
+        text += f", warm-up {c['warmup_fraction']:g}"
+    return text
 
 
-def main():
-    header = ("| run | recipe | seed | epochs | evaluated on | final-epoch accuracy (%) | "
-              "last 5 epochs | best epoch (chosen on that same set) | minutes |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print("## Recipe selection (validation: TFDS `train[-5000:]`, trained on the rest)\n")
-    print(header)
-    for run in sorted((RESULTS / "selection").iterdir()):
-        if line := row(f"selection/{run.name}", run):
-            print(line)
-    print("\n## Final runs (trained on all 60,000, evaluated on the 10,000 test images)\n")
-    print(header)
-    for run in sorted(p.parent for p in RESULTS.glob("*/config.json")):
-        if line := row(run.name, run):
-            print(line)
-    finals = []
-    for name in ["default", "default-seed1", "default-seed2"]:
-        path = RESULTS / name / "metrics.jsonl"
-        if path.exists():
-            config, rows = load(RESULTS / name)
-            if len(rows) == config["epochs"]:
-                finals.append(100 * rows[-1]["test_accuracy"])
-    if len(finals) >= 2:
-        print(f"\n`default` over {len(finals)} seeds, final epoch: "
-              f"**{statistics.mean(finals):.2f} ± {statistics.stdev(finals):.2f} %** "
-              f"(mean ± sample std; {', '.join(f'{a:.2f}' for a in finals)})")
-    else:
-        print(f"\n`default` seeds with all epochs done: {len(finals)} (mean ± std needs 2+)")
-    timing()
+def _dropout(c: dict) -> str:
+    if not c["dropout"]:
+        return "no dropout"
+    where = " after the pools" if c.get("dropout_at", "blocks") == "pools" else ""
+    return f"dropout {c['dropout']:g}{where}"
 
 
-def timing():
-    """Time to the 99.4 % floor in the timed runs (experiments/timed_make_train.sh): `make
-    train` (run `default`) and `make train-fast` (run `fast`)."""
-    for recipe, target in [("default", "train"), ("fast", "train-fast")]:
-        log = RESULTS / "timing" / f"make_{target}.log"
-        if not log.exists() or not (RESULTS / recipe / "metrics.jsonl").exists():
+def _optimizer(c: dict) -> str:
+    text = f"momentum {c.get('momentum', 0.9):g}" + (" (Nesterov)" if c.get("nesterov") else "")
+    if c.get("weight_decay"):
+        text += f", weight decay {c['weight_decay']:g}"
+    return text
+
+
+# (name, words) in the order a reader wants them; each takes a config dict.
+ASPECTS = [
+    ("net", lambda c: f"`{c['arch']}`" + (", conv biases" if c.get("bias") else "")
+     + (", BatchNorm before ReLU" if c.get("bn_before_relu") else "")),
+    ("epochs", lambda c: f"{c['epochs']} epochs"),
+    ("schedule", _schedule),
+    ("optimizer", _optimizer),
+    ("batch", lambda c: f"batch {c['batch_size']}"),
+    ("dropout", _dropout),
+    ("augmentation", _augmentation),
+    ("label smoothing", lambda c: f"label smoothing {c['label_smoothing']:g}"
+     if c.get("label_smoothing") else "no label smoothing"),
+    ("weight average", lambda c: f"weight average (EMA) {c['ema_decay']:g}"
+     if c.get("ema_decay") else "no weight average"),
+]
+
+
+def describe(config: dict, aspects=None) -> str:
+    return ", ".join(words(config) for name, words in ASPECTS
+                     if aspects is None or name in aspects)
+
+
+# --- the tables -------------------------------------------------------------------------
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _time_alone(runs: list[Path]) -> str:
+    made_alone = alone()
+    timed = [(sum(r["seconds"] for r in load(run)[1]), made_alone[name])
+             for run in runs if (name := run.relative_to(RESULTS).as_posix()) in made_alone]
+    if not timed:
+        return "not timed alone"
+    seconds = statistics.median(s for s, _ in timed)
+    machine = next((m for _, m in timed if m), "CPU not recorded")
+    amount = f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return f"{amount} ({machine})"
+
+
+def runs_table(bases: list[str]) -> str:
+    """One row per recipe (its seeds grouped): net, parameters, epochs, final-epoch test
+    accuracy, and the seconds of its epochs where a seed was run alone."""
+    rows = []
+    for base in bases:
+        runs = seeds_of(RESULTS / base)
+        config, _ = load(runs[0])
+        finals = [accuracy(r) for r in runs]
+        rows.append([f"`{base}`", describe(config, {"net"}),
+                     f"{params(config['arch'], config.get('bias', False)):,}",
+                     config["epochs"], f"**{mean_std(finals)}**", len(runs),
+                     ", ".join(f"{a:.2f}" for a in finals), _time_alone(runs)])
+    return table(["run", "net", "params", "epochs", "final-epoch test accuracy (%)", "seeds",
+                  "per seed", "epochs' time, alone"], rows)
+
+
+def recipes_table() -> str:
+    return runs_table(CURRENT)
+
+
+def round_table(name: str) -> str:
+    """A selection round: what its runs share, then one row per config (its seeds
+    grouped) with what differs, and the final-epoch validation accuracy."""
+    runs = sorted((p.parent for p in (RESULTS / "selection" / name).glob("*/config.json")),
+                  key=lambda p: natural(p.name))
+    if not runs:
+        raise SystemExit(f"no runs in selection/{name}")
+    configs = [load(r)[0] for r in runs]
+    varying = [a for a, words in ASPECTS if len({words(c) for c in configs}) > 1]
+    common = describe(configs[0], {a for a, _ in ASPECTS} - set(varying))
+    groups: dict[str, list[Path]] = {}
+    for run, config in zip(runs, configs):
+        groups.setdefault(describe(config, varying) + f"|{config['arch']}", []).append(run)
+    rows = []
+    for group in groups.values():
+        config, rows_ = load(group[0])
+        finals = [accuracy(r) for r in group]
+        train = statistics.mean(100 * load(r)[1][-1]["train_accuracy"] for r in group)
+        seeds = ", ".join(str(load(r)[0]["seed"]) for r in group)
+        unfinished = [r.name for r in group if len(load(r)[1]) != load(r)[0]["epochs"]]
+        if unfinished:
+            raise SystemExit(f"selection/{name}: unfinished runs {unfinished}")
+        names = ", ".join(f"`{r.name}`" for r in group)
+        rows.append([names, describe(config, varying) if varying else "–",
+                     f"{params(config['arch'], config.get('bias', False)):,}", seeds,
+                     ", ".join(f"{a:.2f}" for a in finals), f"**{mean_std(finals)}**",
+                     f"{train:.2f}"])
+    return (f"Common to `selection/{name}/`: {common}; evaluated on the validation split "
+            f"(the last {configs[0]['validation']:,} training images).\n\n"
+            + table(["runs", "what differs" if varying else "recipe", "params", "seeds",
+                     "final-epoch val accuracy (%)", "mean", "final train accuracy (%)"],
+                    rows))
+
+
+def frontier_table() -> str:
+    from frontier import PUBLISHED, load_groups
+
+    rows = [[f"`{g['name']}`", describe(load(RESULTS / g["name"])[0], {"net"}),
+             f"{g['params']:,}", g["epochs"], len(g["runs"]),
+             f"**{mean_std([r['accuracy'] for r in g['runs']])}**", "final epoch, this project"]
+            for g in load_groups(RESULTS)]
+    rows += [[source, "", f"{p:,}", "", 1 if "one run" in how else "",
+              f"{a:.2f}", how] for p, a, how, source, _ in PUBLISHED]
+    rows.sort(key=lambda r: int(r[2].replace(",", "")))
+    return table(["run or source", "net", "params", "epochs", "seeds", "test accuracy (%)",
+                  "how reported"], rows)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def time_to_accuracy_table() -> str:
+    """Each sitting of experiments/time_to_accuracy.py, by its name."""
+    rows = []
+    for record in _jsonl(RESULTS / "studies" / "time_to_accuracy.jsonl"):
+        for pair in record["pairs"]:  # the record's runs are the committed ones
+            run = REPO / pair["run"]
+            if abs(sum(r["seconds"] for r in load(run)[1]) - pair["recipe_s"]) > 0.01:
+                raise SystemExit(f"{pair['run']}: its metrics do not give {pair['recipe_s']} s")
+        pairs = record["pairs"]
+        rows.append([f"`{record['name']}`", record["recipe"], record.get("cpu", "not recorded"),
+                     ", ".join(f"{p['seed_net_epoch_s']:.1f}" for p in pairs),
+                     ", ".join(f"{p['recipe_s']:.1f}" for p in pairs),
+                     ", ".join(f"{p['ratio']:.2f}" for p in pairs),
+                     f"**{record['median_ratio']:.2f}×**",
+                     ", ".join(f"{100 * p['final_test_accuracy']:.2f}" for p in pairs)])
+    return table(["sitting (`name`)", "recipe", "CPU", "one seed-net epoch (s), per seed",
+                  "the recipe's run (s)", "ratio", "median", "final test accuracy (%)"], rows)
+
+
+def compare_table() -> str:
+    """Each run of experiments/compare.py: medians of its alternating rounds."""
+    rows = []
+    for r in _jsonl(RESULTS / "studies" / "compare.jsonl"):
+        tuned = f"{r['median_pytorch_tuned']:,.0f}" if "median_pytorch_tuned" in r else "–"
+        eager = f"{r['median_pytorch']:,.0f}" if "median_pytorch" in r else "–"
+        ratio = r.get("median_ratio_faster_peer", r.get("median_ratio"))
+        rows.append([r.get("recipe", "seed"), r.get("cpu", "not recorded"), r["date"][:10],
+                     len(r["rounds"]), f"{r['median_jaxmnist']:,.0f}", eager, tuned,
+                     f"**{ratio:.2f}×**"])
+    return table(["recipe", "CPU", "date", "rounds", "jaxmnist", "PyTorch eager",
+                  "PyTorch channels_last + bf16", "jaxmnist ÷ the faster peer"], rows)
+
+
+def bench_table() -> str:
+    """experiments/results/studies/bench.jsonl by CPU and net: the median of its records
+    (default options, one step per call), and how many there are."""
+    from jaxmnist.models import SEED_ARCH
+
+    groups: dict[tuple, list[float]] = {}
+    for r in _jsonl(RESULTS / "studies" / "bench.jsonl"):
+        if r.get("steps_per_call", 1) != 1 or r.get("xla_defaults") or \
+                r.get("compiler_options", "jaxmnist") != "jaxmnist" or not r.get("fast_kernels"):
             continue
-        config, rows = load(RESULTS / recipe)
-        elapsed, first = 0.0, None
-        for r in rows:
-            elapsed += r["seconds"]
-            if first is None and r["test_accuracy"] >= 0.994:
-                first = (r["epoch"], elapsed)
-        wall = [line for line in log.read_text().splitlines() if "wall time" in line]
-        print(f"\n## Timed `make {target}` (run `{recipe}`, alone on the machine; "
-              f"timing/make_{target}.log)\n")
-        print(f"- epochs done: {len(rows)}/{config['epochs']}; final-epoch test accuracy "
-              f"{100 * rows[-1]['test_accuracy']:.2f} %; sum of epoch times (training + "
-              f"evaluation) {elapsed / 60:.1f} min ({elapsed:.1f} s); median "
-              f"{statistics.median(r['train_images_per_s'] for r in rows):.0f} train images/s")
-        if wall:
-            print(f"- {wall[-1]} (the whole command: start-up, data, compilation included)")
-        if first:
-            print(f"- first epoch at >= 99.40 % test accuracy: epoch {first[0]}, after "
-                  f"{first[1] / 60:.1f} min ({first[1]:.1f} s) of epochs (the threshold is "
-                  "read on the test set)")
+        arch = r.get("arch", SEED_ARCH)
+        key = (r.get("cpu", "not recorded"), r.get("cores", "–"), arch,
+               r.get("params") or params(arch, False), r["batch_size"])
+        groups.setdefault(key, []).append(r["train_images_per_s"])
+    rows = [[cpu, cores, f"`{arch}`", f"{n:,}", batch, len(v),
+             f"**{statistics.median(v):,.0f}**", f"{min(v):,.0f}–{max(v):,.0f}"]
+            for (cpu, cores, arch, n, batch), v in sorted(groups.items(), key=str)]
+    return table(["CPU", "cores", "net", "params", "batch", "records", "train images/s (median)",
+                  "range"], rows)
+
+
+def step_variants_table(name: str = "step_variants") -> str:
+    data = json.loads((RESULTS / "studies" / f"{name}.json").read_text())
+    rows = [[variant, f"{v['step_ms_median']:.1f}", f"{v['speed_vs_jaxmnist']:.2f}"]
+            for variant, v in data["variants"].items()]
+    return table(["train step (batch 128)", "median ms", "speed against jaxmnist's"], rows)
+
+
+def profile_table() -> str:
+    data = json.loads((RESULTS / "studies" / "profile.json").read_text())["ms_median"]
+    parts = list(data["fast"])
+    return table(["part of a seed-net step (batch 128)", "jaxmnist (ms)", "plain Flax (ms)"],
+                 [[p, f"{data['fast'][p]:.1f}", f"{data['flax'][p]:.1f}"] for p in parts])
+
+
+def epoch_overhead_table() -> str:
+    data = json.loads((RESULTS / "studies" / "epoch_overhead.json").read_text())
+    return table(["per epoch", "median (s)"],
+                 [[k.replace("_", " "), f"{v['median_s']:.3g}"]
+                  for k, v in data["per_epoch"].items()])
+
+
+def load_time_table() -> str:
+    data = json.loads((RESULTS / "studies" / "load_time.json").read_text())
+    return table(["reader", "load both splits (s, median)", "each round (s)"],
+                 [[k, f"{v['median_load_s']:.1f}", ", ".join(f"{x:.1f}" for x in v["load_s"])]
+                  for k, v in data.items() if isinstance(v, dict)])
+
+
+def serve_latency_table() -> str:
+    d = json.loads((RESULTS / "serve" / "latency.json").read_text())
+    return table(["requests", "median (ms)", "90th percentile", "99th percentile",
+                  "in the server (median)", "start-up (s)"],
+                 [[d["requests"], d["median_ms"], d["p90_ms"], d["p99_ms"],
+                   d["server_median_ms"], d["startup_s"]]])
+
+
+def backprop_final_error_table() -> str:
+    lines = (RESULTS / "backprop" / "final_error.txt").read_text().splitlines()
+    steps = lines[0].split()[-1]
+    rows = [line.split() for line in lines[1:]]
+    return table(["lr", "E_total at 0", f"E_total at {steps}"], rows)
+
+
+def excerpt(spec: str) -> str:
+    """`FILE LINES`: lines FIRST-LAST (1-based) of a file under experiments/results/."""
+    path, lines = spec.split()
+    first, last = (int(x) for x in lines.split("-"))
+    text = (RESULTS / path).read_text().splitlines()[first - 1:last]
+    return "```\n" + "\n".join(text) + "\n```\n"
+
+
+def layer_table(recipe: str) -> str:
+    from jaxmnist import configs, steps
+    from jaxmnist.models import count_params, summary
+
+    config = configs.RECIPES[recipe]()
+    variables = steps.variable_shapes(config)
+    rows = [[name, "×".join(map(str, shape)), f"{n:,}"]
+            for name, shape, n in summary(steps.make_model(config), variables)]
+    rows.append(["total", "", f"**{count_params(variables['params']):,}**"])
+    return table(["layer", "output", "params"], rows)
+
+
+TABLES = {
+    "recipes": lambda: recipes_table(),
+    "runs": lambda *bases: runs_table(list(bases)),
+    "round": round_table,
+    "frontier": frontier_table,
+    "time-to-accuracy": time_to_accuracy_table,
+    "compare": compare_table,
+    "bench": bench_table,
+    "step-variants": step_variants_table,
+    "profile": profile_table,
+    "epoch-overhead": epoch_overhead_table,
+    "load-time": load_time_table,
+    "serve-latency": serve_latency_table,
+    "backprop-final-error": backprop_final_error_table,
+    "excerpt": lambda *args: excerpt(" ".join(args)),
+    "layers": layer_table,
+}
+
+
+def generate(spec: str) -> str:
+    kind, *args = spec.split()
+    if kind not in TABLES:
+        raise SystemExit(f"unknown generated table {kind!r} (known: {', '.join(TABLES)})")
+    return TABLES[kind](*args)
+
+
+def render(text: str) -> str:
+    return BLOCK.sub(lambda m: m[1] + generate(m["spec"]) + m[4], text)
+
+
+# --- studies/summary.md: every run ------------------------------------------------------
+
+def summary_md() -> str:
+    header = ["run", "recipe", "seed", "epochs", "final-epoch accuracy (%)", "last 5 epochs",
+              "best epoch (chosen on that same set)", "minutes"]
+
+    def rows(paths):
+        out = []
+        for run in sorted(paths, key=lambda p: natural(p.relative_to(RESULTS))):
+            config, metrics = load(run)
+            if not metrics:
+                continue
+            acc = [accuracy(run, i) for i in range(len(metrics))]
+            best = max(range(len(acc)), key=acc.__getitem__)
+            done = len(metrics) == config["epochs"]
+            out.append([run.relative_to(RESULTS).as_posix(), describe(config), config["seed"],
+                        f"{len(metrics)}/{config['epochs']}",
+                        f"**{acc[-1]:.2f}**" if done else f"unfinished ({acc[-1]:.2f})",
+                        f"{min(acc[-5:]):.2f}–{max(acc[-5:]):.2f}",
+                        f"{acc[best]:.2f} (epoch {metrics[best]['epoch']})",
+                        f"{sum(m['seconds'] for m in metrics) / 60:.0f}"])
+        return out
+
+    runs = [p.parent for p in RESULTS.rglob("config.json")]
+    selection = [r for r in runs if r.relative_to(RESULTS).parts[0] == "selection"]
+    tested = [r for r in runs if r not in selection]
+    return ("# Every committed run (written by `python experiments/summarize.py`)\n\n"
+            "Minutes are the sum of the epochs' seconds; most runs shared the cores with "
+            "other work, so they are not speed figures (docs/performance.md has those).\n\n"
+            "## Selection runs (validation: the last 5,000 training images)\n\n"
+            + table(header, rows(selection))
+            + "\n## Test-set runs (trained on all 60,000, evaluated on the 10,000 test "
+              "images)\n\n" + table(header, rows(tested)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming each table that differs from the files")
+    args = p.parse_args(argv)
+    targets = {path: render(path.read_text()) for path in DOCS}
+    targets[RESULTS / "studies" / "summary.md"] = summary_md()
+    stale = []
+    for path, text in targets.items():
+        old = path.read_text() if path.exists() else ""
+        if old == text:
+            continue
+        if args.check:
+            old_blocks = [m[0] for m in BLOCK.finditer(old)]
+            specs = [m["spec"] for m, o in zip(BLOCK.finditer(text), old_blocks) if m[0] != o]
+            stale += [f"{path.relative_to(REPO)}: {s}" for s in specs or ["(the file)"]]
         else:
-            print("- no epoch reached 99.40 % test accuracy")
+            path.write_text(text)
+            print(f"wrote {path.relative_to(REPO)}")
+    if stale:
+        print("out of date (python experiments/summarize.py rewrites them):\n  "
+              + "\n  ".join(stale), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

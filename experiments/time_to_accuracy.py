@@ -5,13 +5,13 @@
 
 For each seed, alternating (the machine is noisy): one epoch of the seed recipe (into a
 scratch folder, deleted after), then the recipe's whole run on the test set into
-experiments/results/time_to_accuracy/<name>[-seedN] (`--name`: the recipe's by default,
+experiments/results/studies/time_to_accuracy/<name>[-seedN] (`--name`: the recipe's by default,
 another to keep earlier sittings, e.g. on another CPU; the committed runs of
 experiments/results/<recipe>* are left alone; an existing run there stops the script
 before anything is trained). The time of a run is
 the sum of its epochs' `seconds` in metrics.jsonl (training, evaluation, and in the
 first epoch compilation, for both). Prints and appends to
-experiments/results/time_to_accuracy.jsonl: each pair's seconds and ratio, the median
+experiments/results/studies/time_to_accuracy.jsonl: each pair's seconds and ratio, the median
 ratio and each run's final test accuracy. Run it alone on the machine.
 """
 
@@ -29,7 +29,7 @@ from jaxmnist import rundir
 from jaxmnist.bench import host_cpu, usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "studies"
 RUNS = RESULTS / "time_to_accuracy"
 
 
@@ -63,14 +63,14 @@ def main():
         name = names[seed]
         history = train(["--recipe", args.recipe, "--seed", str(seed), *data], RUNS, name)
         seconds = sum(r["seconds"] for r in history)
-        pairs.append({"seed": seed, "run": f"experiments/results/time_to_accuracy/{name}",
+        pairs.append({"seed": seed, "run": f"experiments/results/studies/time_to_accuracy/{name}",
                       "seed_net_epoch_s": round(seed_epoch, 2),
                       "recipe_s": round(seconds, 2), "ratio": round(seconds / seed_epoch, 3),
                       "epochs": len(history),
                       "final_test_accuracy": history[-1]["test_accuracy"]})
         print(json.dumps(pairs[-1]), flush=True)
     summary = {
-        "recipe": args.recipe, "pairs": pairs,
+        "name": base, "recipe": args.recipe, "pairs": pairs,
         "median_ratio": round(statistics.median(x["ratio"] for x in pairs), 3),
         "cpu": host_cpu(), "cores": usable_cores(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

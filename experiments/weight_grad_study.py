@@ -16,7 +16,7 @@ result to 1e-5 relative:
                  padded image, and its weight gradient by autodiff
 
 Round-robin, median over rounds. Prints a table; writes
-experiments/results/weight_grad_study.json.
+experiments/results/studies/weight_grad_study.json.
 """
 
 import argparse
@@ -121,7 +121,8 @@ def main():
         "ms_min": {f"{k[0]} {k[1]}": round(min(s), 3) for k, s in samples.items()},
         "rounds": args.rounds, "steps": args.steps, **run_info(),
     }
-    (HERE / "results" / "weight_grad_study.json").write_text(json.dumps(result, indent=1) + "\n")
+    out = HERE / "results" / "studies" / "weight_grad_study.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

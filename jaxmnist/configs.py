@@ -130,9 +130,9 @@ def default() -> Config:
     128, SGD momentum 0.9) with a one-cycle schedule peaking at lr 0.1 and a small
     random rotation (±7°) and shift (±1 px).
 
-    Chosen on a validation split (TFDS `train[-5000:]`, trained on the other 55,000):
-    final-epoch validation accuracy 99.48 % against 99.36 % for the same schedule
-    without augmentation (experiments/results/selection/, summary.md)."""
+    Chosen on a validation split (the last 5,000 training images; trained on the other
+    55,000) against the same schedule without augmentation:
+    experiments/results/selection/default-1/, docs/selection-small.md."""
     return Config(lr=0.1, schedule="onecycle", rotate_degrees=7.0, shift_pixels=1.0)
 
 
@@ -144,15 +144,11 @@ def fast() -> Config:
     of `FAST_ARCH` with conv biases (16,682 params: one 8-channel block at 28x28, a
     space-to-depth to 14x14x32, then the seed net's 16-channel blocks), one-cycle
     peaking at lr 0.4, no dropout, no augmentation (`make train-fast`); its time against
-    the seed net's is measured in experiments/README.md.
+    one seed-net epoch is measured in docs/performance.md.
 
-    Chosen on the same validation split as `default`, three seeds each: 99.42, 99.42
-    and 99.28 % against 99.42, 99.24 and 99.38 % for the seed net's 4 epochs, the recipe
-    before it (experiments/results/selection/f9-A-bias-lr0.4*, fast-e4-lr0.3*), among
-    4- and 5-epoch runs of this net and others that pool or space-to-depth early
-    (selection/f3-* to f9-*, fast-pool1*); none of the later candidates did better there at
-    both of two seeds (selection/f10-*, f11-*) or measurably over three (f12-*;
-    experiments/README.md)."""
+    Chosen on the same validation split as `default`, against the seed net's 4 epochs
+    (the recipe before it) and other nets that pool or space-to-depth early: rounds
+    experiments/results/selection/fast-1/ to fast-12/, docs/selection-fast.md."""
     return Config(arch=FAST_ARCH, bias=True, dropout=0.0, epochs=4, lr=0.4,
                   schedule="onecycle")
 
@@ -167,10 +163,10 @@ def tiny() -> Config:
     augmentation as the published 3,762-parameter net had it: rotation ±7°, shift ±2 px,
     zoom ±9 %, brightness and contrast ±0.2 (`make train-tiny`).
 
-    Chosen on the validation split among six recipes for nets of 3,622-3,720 params
-    (experiments/results/selection/tiny2-*); none of the later candidates, the
-    published net's own recipe, an average of the weights and weight decay among them,
-    did better there (tiny3-* to tiny7-*; experiments/README.md)."""
+    Chosen on the validation split among recipes for nets of 3,622-3,720 params
+    (experiments/results/selection/tiny-2/) and kept through the later rounds (tiny-3/ to
+    tiny-8/: the published net's own recipe, an average of the weights, weight decay,
+    separable blocks); docs/selection-small.md."""
     return dataclasses.replace(
         default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
         brightness=0.2, contrast=0.2)
@@ -187,7 +183,7 @@ def nano() -> Config:
 
     Chosen on the validation split among nets of 644-698 params with plain and
     depthwise-separable blocks, with and without mild augmentation
-    (experiments/results/selection/nano-*; experiments/README.md)."""
+    (experiments/results/selection/nano-1/ to nano-5/; docs/selection-small.md)."""
     return dataclasses.replace(default(), arch=NANO_ARCH, dropout=0.0, rotate_degrees=0.0,
                                shift_pixels=0.0)
 

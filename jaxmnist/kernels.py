@@ -2,7 +2,7 @@
 the XLA:CPU compiler option this project compiles with.
 
 On XLA:CPU these account for most of the difference between a plain Flax train step
-and a fast one (measured in the README's performance section):
+and a fast one (measured in docs/performance.md):
 
 * `compiler_options` — XLA:CPU hands convolutions to YNNPACK by default; for this net's
   28x28 weight gradients that is several times slower than XLA's own Eigen
@@ -191,7 +191,7 @@ class BatchNorm(nn.Module):
 
 # XLA:CPU's default sends convolutions to YNNPACK, whose weight gradients for this
 # net's 28x28 layers run on one core and several times slower than XLA's own Eigen
-# convolution; with YNNPACK off a train step is about 2x faster (README, Performance).
+# convolution; with YNNPACK off a train step is about 2x faster (docs/performance.md).
 XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 

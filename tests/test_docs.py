@@ -1,0 +1,95 @@
+"""The docs match the committed files: generated tables, links, and the front page's size."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+@pytest.fixture(scope="module")
+def summarize():
+    sys.path.insert(0, str(REPO / "experiments"))
+    spec = importlib.util.spec_from_file_location("summarize", REPO / "experiments/summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_generated_table_is_what_the_committed_files_give(summarize, capsys):
+    code = summarize.main(["--check"])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_a_changed_figure_in_a_generated_table_is_caught(summarize):
+    readme = (REPO / "README.md").read_text()
+    block = next(summarize.BLOCK.finditer(readme))
+    assert block["spec"] == "recipes"
+    tampered = readme.replace(block["body"], block["body"].replace("99.60", "99.70"), 1)
+    assert tampered != readme
+    assert summarize.render(tampered) == readme  # what --check compares against
+
+
+def test_an_unknown_table_kind_is_one_clear_error(summarize):
+    with pytest.raises(SystemExit, match="unknown generated table 'nonsense'"):
+        summarize.render("<!-- generated: nonsense -->\n<!-- end generated -->")
+
+
+def test_docs_have_generated_tables_in_each_results_page():
+    for name in ("README.md", "docs/selection-fast.md", "docs/selection-small.md",
+                 "docs/frontier.md", "docs/performance.md"):
+        assert "<!-- generated: " in (REPO / name).read_text(), name
+
+
+def _paragraph_lengths(text: str) -> list[int]:
+    """Lines per paragraph of prose: code blocks, tables, headings and pictures apart,
+    each list item a paragraph of its own."""
+    lengths, current, fence = [], 0, False
+    for line in text.splitlines() + [""]:
+        if line.startswith("```"):
+            fence, current = not fence, 0
+            continue
+        item = re.match(r"\s*(- |\d+\. )", line)
+        if fence:
+            continue
+        if not line.strip() or line.startswith(("|", "<!--", "#", "![")) or item:
+            lengths.append(current)
+            current = 1 if item else 0
+        else:
+            current += 1
+    return lengths
+
+
+def test_the_readme_is_a_front_page_and_each_doc_is_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
+    for path in DOCS:
+        text = path.read_text()
+        assert len(text.splitlines()) <= 300, path.name
+        assert max(_paragraph_lengths(text)) <= 8, path.name
+
+
+def test_every_relative_link_and_picture_exists():
+    docs = DOCS + [REPO / "experiments/README.md", REPO / "experiments/results/README.md"]
+    for path in docs:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" in target:
+                continue
+            assert (path.parent / target).exists(), f"{path.relative_to(REPO)}: {target}"
+
+
+def test_no_figure_is_cited_by_a_line_number_of_a_jsonl_file():
+    pattern = re.compile(r"(\blines? \d+|\b(first|second|third|last|fourth) lines?\b)"
+                         r"[^.]{0,60}\.jsonl", re.I)
+    for path in DOCS + [REPO / "experiments/README.md"]:
+        assert not pattern.search(path.read_text()), path.name
+
+
+def test_the_experiments_index_lists_every_script():
+    index = (REPO / "experiments/README.md").read_text()
+    scripts = [p.name for p in (REPO / "experiments").iterdir()
+               if p.suffix in (".py", ".sh", ".ipynb")]
+    assert scripts and [s for s in scripts if f"`{s}`" not in index] == []
