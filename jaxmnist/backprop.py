@@ -476,36 +476,43 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     params = init_params(biases=args.biases or (0.0, 0.0))
     x = example()
-    if args.explain:
-        out.mkdir(parents=True, exist_ok=True)
-        print(explain(params, x, args.lr or 0.5, step, out), end="")
-        print(f"wrote {out / 'network.png'}")
-        return 0
+    try:
+        if args.explain:
+            out.mkdir(parents=True, exist_ok=True)
+            print(explain(params, x, args.lr or 0.5, step, out), end="")
+            print(f"wrote {out / 'network.png'}")
+            return 0
+        hist = gradient_descent(params, x, jnp.asarray(args.lrs), args.steps)
+        table = write_study(out, args.lrs, hist, x, args.steps)
+    except OSError as e:  # a full disk, say: one line; each file is whole or absent
+        return report(prog, e)
+    print("\n".join(table))
+    print(f"wrote {out / 'history.csv'}, {out / 'error_vs_iterations.png'}, "
+          f"{out / 'network.png'} and {out / 'final_error.txt'}")
+    return 0
 
-    hist = gradient_descent(params, x, jnp.asarray(args.lrs), args.steps)
-    columns, rows = history_rows(args.lrs, hist)
+
+def write_study(out: Path, lrs: list[float], hist: dict, x: dict, steps: int) -> list[str]:
+    """The study's files in `out` (each written whole or not at all); returns the table
+    of final_error.txt as lines."""
+    columns, rows = history_rows(lrs, hist)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows(rows)
     out.mkdir(parents=True, exist_ok=True)
     replace_atomically(out / "history.csv", lambda tmp: tmp.write_text(buf.getvalue()))
-    replace_atomically(out / "error_vs_iterations.png",
-                      lambda tmp: plot_error(args.lrs, hist, tmp))
+    replace_atomically(out / "error_vs_iterations.png", lambda tmp: plot_error(lrs, hist, tmp))
     # Iteration 0 is the same for every learning rate.
     replace_atomically(out / "network.png", lambda tmp: draw_network(
         history_row(hist, x, 0, 0), tmp,
         "Before the first step: values, and ∂E_total/∂w on each edge"))
-
     error = jax.device_get(hist["E_total"])
-    table = [f"{'lr':>6}  {'E_total at 0':>14}  {f'E_total at {args.steps}':>16}"]
+    table = [f"{'lr':>6}  {'E_total at 0':>14}  {f'E_total at {steps}':>16}"]
     table += [f"{lr:>6g}  {error[i, 0]:>14.9f}  {error[i, -1]:>16.9f}"
-              for i, lr in enumerate(args.lrs)]
+              for i, lr in enumerate(lrs)]
     replace_atomically(out / "final_error.txt", lambda tmp: tmp.write_text("\n".join(table) + "\n"))
-    print("\n".join(table))
-    print(f"wrote {out / 'history.csv'}, {out / 'error_vs_iterations.png'}, "
-          f"{out / 'network.png'} and {out / 'final_error.txt'}")
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxmnist import configs, parallel
 from jaxmnist.cli import ArgumentParser, architecture, positive_int, report
-from jaxmnist.files import append_line, check_writable_dir
+from jaxmnist.files import WriteError, append_line, check_writable_dir
 from jaxmnist.models import count_params
 from jaxmnist.steps import create_train_state, train_step, uses_fast_kernels
 
@@ -192,8 +192,12 @@ def main(argv=None) -> int:
                   jax=jax.__version__, commit=_git_commit())
     print(json.dumps(result))
     if not args.no_record:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        append_line(out, json.dumps(result))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            append_line(out, json.dumps(result))
+        except OSError as e:  # a full disk: the result is printed above, the file unchanged
+            return report("python -m jaxmnist.bench", e if isinstance(e, WriteError)
+                          else WriteError(out.parent, e))
     return 0
 
 

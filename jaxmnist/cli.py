@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import NoReturn
 
@@ -94,11 +95,38 @@ def architecture(text: str) -> str:
 
 
 def quiet_libraries() -> None:
-    """Keeps absl's log chatter (TFDS logs through absl) off stderr, so errors stay one
-    line; absl's errors still show."""
+    """Keeps the libraries' own log lines (TFDS and orbax log through absl) off stderr, so
+    that a failure is the one line the command prints: orbax, for one, logs a failed
+    background save with its traceback before the save's error reaches the command."""
     try:  # absl comes with TFDS; runtime_install imports this module before TFDS is there
         from absl import logging as absl_logging
 
-        absl_logging.set_verbosity(absl_logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.FATAL)
     except ImportError:  # pragma: no cover - absl comes with TFDS
         pass
+
+
+class LogLines(logging.Handler):
+    """The "jaxmnist" logger's records as lines on stderr: information as it is, a
+    warning as `prog: warning: message` (a checkpoint that cannot be read, say)."""
+
+    def __init__(self, prog: str, write=None):
+        super().__init__()
+        self.prog = prog
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def emit(self, record):
+        message = record.getMessage()
+        self.write(f"{self.prog}: warning: {message}" if record.levelno >= logging.WARNING
+                   else message)
+
+
+def log_to_stderr(prog: str, write=None) -> None:
+    """Shows the "jaxmnist" logger's lines (`LogLines`) as `prog`'s: one handler per
+    process, taken over by the command that runs now."""
+    log = logging.getLogger("jaxmnist")
+    for handler in [h for h in log.handlers if isinstance(h, LogLines)]:
+        log.removeHandler(handler)
+    log.addHandler(LogLines(prog, write))
+    log.setLevel(logging.INFO)
+    log.propagate = False

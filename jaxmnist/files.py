@@ -19,11 +19,16 @@ class PathError(ValueError):
 
 
 class WriteError(OSError):
-    """Writing `path` failed: the message names the path and the reason in words."""
+    """Writing `path` failed: the message names the path, the reason in words and, where
+    given, what to do next (`advice`)."""
 
-    def __init__(self, path: str | os.PathLike, cause: BaseException):
-        self.path, self.cause = str(path), cause
-        super().__init__(f"cannot write {self.path}: {reason(cause)}")
+    def __init__(self, path: str | os.PathLike, cause: BaseException, advice: str = ""):
+        self.path, self.cause, self.advice = str(path), cause, advice
+        super().__init__(f"cannot write {self.path}: {reason(cause)}"
+                         + (f"; {advice}" if advice else ""))
+
+    def __str__(self) -> str:  # OSError's own would show its errno fields instead
+        return self.args[0]
 
 
 _REASONS = {

@@ -22,20 +22,25 @@ class Trainer:
     """Compiled functions bound to one mesh of devices (all of them by default).
 
     They are compiled with `compiler_options` (default: `kernels.compiler_options`,
-    which turns XLA:CPU's YNNPACK convolutions off on CPU; `{}` keeps XLA's defaults)."""
+    which turns XLA:CPU's YNNPACK convolutions off on CPU; `{}` keeps XLA's defaults).
+    `mesh` (a `jax.sharding.AbstractMesh` with one axis, "data") binds them to devices
+    that need not be here: for `jax.export` to another platform, with XLA's defaults."""
 
-    def __init__(self, config: configs.Config, devices=None, compiler_options=None):
-        devices = devices if devices is not None else jax.devices()
-        if compiler_options is None:
-            compiler_options = kernels.compiler_options(devices)
+    def __init__(self, config: configs.Config, devices=None, compiler_options=None,
+                 mesh=None):
+        if mesh is None:
+            devices = devices if devices is not None else jax.devices()
+            if compiler_options is None:
+                compiler_options = kernels.compiler_options(devices)
+            # Auto axes: XLA's partitioner propagates the batch sharding through the step
+            # (BatchNorm's batch means become all-reduces over the global batch).
+            mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                                 axis_types=(jax.sharding.AxisType.Auto,))
         jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
-        # Auto axes: XLA's partitioner propagates the batch sharding through the step
-        # (BatchNorm's batch means become all-reduces over the global batch).
-        self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
-                                  axis_types=(jax.sharding.AxisType.Auto,))
+        self.mesh = mesh
         self.replicated = NamedSharding(self.mesh, P())
         self.sharded = NamedSharding(self.mesh, P("data"))
-        n = len(devices)
+        n = self.mesh.shape["data"]
         for name in ("batch_size", "eval_batch_size"):
             if getattr(config, name) % n:
                 raise configs.ConfigError(

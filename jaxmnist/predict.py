@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxmnist import data
-from jaxmnist.cli import ArgumentParser, print_error, quiet_libraries, report
+from jaxmnist import data, files
+from jaxmnist.cli import ArgumentParser, log_to_stderr, print_error, quiet_libraries, report
 from jaxmnist.rundir import load_trained
 
 MAX_PIXELS = 40_000_000  # larger images are refused rather than decoded
@@ -98,11 +98,20 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Reads an image file into an MNIST-style (28, 28) float32 (`decode_image`)."""
+    """Reads an image file into an MNIST-style (28, 28) float32 (`decode_image`); a path
+    that is not a readable file is an ImageError saying what it is."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ImageError("a directory, not an image file")
+    if not path.exists():
         raise ImageError("file not found")
-    return decode_image(path.read_bytes())
+    if not path.is_file():  # reading a FIFO would wait for a writer
+        raise ImageError("not a regular file (a FIFO, socket or device)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot be read ({files.reason(e)})") from None
+    return decode_image(data)
 
 
 class Classifier:
@@ -129,6 +138,7 @@ class Classifier:
 def main(argv=None) -> int:
     prog = "python -m jaxmnist.predict"
     quiet_libraries()
+    log_to_stderr(prog)  # a checkpoint that cannot be read, and the one used instead
     p = ArgumentParser(prog=prog, description="Classify digit images with a trained run.")
     p.add_argument("--run", required=True, help="a training run directory (e.g. runs/default)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")

@@ -8,8 +8,14 @@ so an interrupted run leaves its previous epoch's files intact.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import os
+import re
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -20,6 +26,21 @@ from jaxmnist import configs, files, steps
 
 class RunDirError(files.PathError):
     """A directory that cannot be used as, or is not, the run asked for."""
+
+
+class CheckpointError(RunDirError):
+    """A run none of whose checkpoints can be read back."""
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint read back with values other than those it was saved with."""
+
+
+# Checkpoints kept: the newest, and one to fall back on if the newest is damaged.
+KEEP = 2
+# {epoch: state_digest} of the kept checkpoints, in the run directory.
+DIGESTS = "checkpoint_digests.json"
+log = logging.getLogger("jaxmnist")
 
 
 def read_config(run_dir: Path) -> configs.Config:
@@ -114,7 +135,7 @@ def plot_curves(history: list[dict], path: Path, eval_name: str = "test") -> Non
 
 
 def checkpoint_manager(run_dir: Path, asynchronous: bool = False):
-    """orbax's manager of `run_dir`/checkpoints, keeping the newest. `asynchronous`:
+    """orbax's manager of `run_dir`/checkpoints, keeping the newest `KEEP`. `asynchronous`:
     a save returns once the state is copied to the host, and is written in a thread."""
     # orbax (seconds of start-up) only where checkpoints are read or written: the
     # command lines check their input and answer --summary without it.
@@ -122,7 +143,7 @@ def checkpoint_manager(run_dir: Path, asynchronous: bool = False):
 
     return ocp.CheckpointManager(
         (Path(run_dir) / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1,
+        options=ocp.CheckpointManagerOptions(max_to_keep=KEEP,
                                              enable_async_checkpointing=asynchronous),
     )
 
@@ -134,38 +155,211 @@ def _state_dict(state) -> dict:
     return saved
 
 
+def state_digest(state) -> str:
+    """sha256 of the values a checkpoint holds (each leaf's path, dtype, shape and bytes;
+    of this process's replica), to tell a checkpoint read back intact from a damaged one
+    that orbax reads without complaint (a flipped byte in an array's data)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(_state_dict(state))[0]:
+        value = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        value = np.ascontiguousarray(np.asarray(value))
+        if value.dtype.kind in "iu":  # the step counts, int32 or int64 as restored into
+            value = value.astype(np.int64)
+        digest.update(f"{jax.tree_util.keystr(path)} {value.dtype} {value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _digests_path(manager) -> Path:
+    return Path(str(manager.directory)).parent / DIGESTS
+
+
+def read_digests(manager) -> dict[int, str]:
+    """{epoch: state_digest} of the checkpoints saved with one (`DIGESTS`); runs saved
+    before digests existed have none, and are checked only by reading them back."""
+    try:
+        return {int(k): v for k, v in json.loads(_digests_path(manager).read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _checkpoint_path(manager, epoch: int) -> str:
+    return str(Path(str(manager.directory)) / str(epoch))
+
+
 def save_checkpoint(manager, epoch: int, state, wait: bool = True) -> None:
     """Saves the train state after `epoch` (and waits until it is written, unless not
-    `wait`); orbax writes to a temporary directory and renames it when complete, so a
-    crash mid-save leaves the previous checkpoint intact."""
+    `wait`), and its digest beside it (`DIGESTS`); orbax writes to a temporary directory
+    and renames it when complete, so a crash mid-save leaves the previous checkpoint
+    intact. A write that fails raises files.WriteError naming the path."""
     import orbax.checkpoint as ocp  # (see checkpoint_manager)
 
-    manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)))
-    if wait:
+    if jax.process_index() == 0:  # the digests are a file of the run, written by process 0
+        kept = set(manager.all_steps()) | {epoch}
+        digests = {k: v for k, v in read_digests(manager).items() if k in kept}
+        digests[epoch] = state_digest(state)
+        files.write_atomic(_digests_path(manager), json.dumps(
+            {str(k): v for k, v in sorted(digests.items())}, indent=1) + "\n")
+    try:
+        manager.save(epoch, args=ocp.args.StandardSave(_state_dict(state)))
+        if wait:
+            manager.wait_until_finished()
+    except Exception as e:  # orbax and TensorStore wrap the OSError's text in their own
+        raise files.WriteError(_failed_path(e, _checkpoint_path(manager, epoch)), e) from None
+
+
+def wait_for_saves(manager) -> None:
+    """Waits until the checkpoints being written in the background are complete; a
+    write that failed raises files.WriteError naming the path."""
+    try:
         manager.wait_until_finished()
+    except Exception as e:
+        raise files.WriteError(_failed_path(e, str(manager.directory)), e) from None
+
+
+def _failed_path(error: BaseException, default: str) -> str:
+    """The file an orbax or TensorStore write error names (`local file "..."`), else
+    `default`."""
+    match = re.search(r'local file "([^"]+)"', str(error))
+    return match[1].rstrip("/") if match else default
+
+
+def close(manager) -> None:
+    """Ends `manager`'s background threads. Its writes were waited for already, or failed
+    and are being reported, so an error here adds nothing."""
+    try:
+        manager.close()
+    except Exception:
+        pass
+
+
+def complete_epochs(run_dir: Path) -> list[int]:
+    """The epochs whose checkpoints are complete on disk (renamed into place), newest
+    first; read afresh, so that it holds after a failed save."""
+    manager = checkpoint_manager(run_dir)
+    try:
+        return sorted(manager.all_steps(), reverse=True)
+    finally:
+        close(manager)
+
+
+_IN_FLIGHT_GRACE_S = 0.5
+
+
+def _unretrieved_read_errors(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of a failed checkpoint read nobody awaited."""
+    return "exception was never retrieved" not in record.getMessage()
+
+
+class _QuietOrbax:
+    """Keeps orbax's and TensorStore's own reports of an unreadable checkpoint off stderr
+    while it is tried (absl log lines, asyncio's "Task exception was never retrieved", and
+    the tracebacks of reads still in flight when the restore gives up): the one line
+    that reports it is this module's."""
+
+    def __enter__(self):
+        self.levels = {name: logging.getLogger(name).level for name in ("absl", "asyncio")}
+        for name in self.levels:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        self.stderr, sys.stderr = sys.stderr, io.StringIO()
+
+    def __exit__(self, kind, *exc):
+        if kind is not None:
+            # Reads still in flight when the restore gave up finish on TensorStore's
+            # threads and print their tracebacks ("Event loop is closed") a few
+            # milliseconds later, and their futures log "exception was never retrieved"
+            # whenever they are collected: they too belong to the one line.
+            time.sleep(_IN_FLIGHT_GRACE_S)
+            logging.getLogger("asyncio").addFilter(_unretrieved_read_errors)
+        sys.stderr = self.stderr
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def restore_checkpoint(manager, state, epoch: int | None = None):
     """(epoch, state) from the newest (or the given) checkpoint, or (0, state) if none;
-    `state` gives the structure, shapes and shardings to restore into."""
+    `state` gives the structure, shapes and shardings to restore into. A checkpoint whose
+    values differ from the digest saved with it raises CheckpointDamaged."""
     import orbax.checkpoint as ocp  # (see checkpoint_manager)
 
     epoch = manager.latest_step() if epoch is None else epoch
     if epoch is None:
         return 0, state
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
-    restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
-    return epoch, state.replace(**restored)
+    with _QuietOrbax():
+        restored = manager.restore(epoch, args=ocp.args.StandardRestore(target))
+    state = state.replace(**restored)
+    expected = read_digests(manager).get(epoch)
+    if expected is not None and state_digest(state) != expected:
+        raise CheckpointDamaged("its values differ from those it was saved with")
+    return epoch, state
+
+
+def damage(error: BaseException) -> str:
+    """What is wrong with a checkpoint that could not be read, in a few words."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, CheckpointDamaged):
+        return text
+    if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "does not exist" in text:
+        kind = "a file is missing"
+    elif isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)) or any(
+            code in text for code in ("OUT_OF_RANGE", "DATA_LOSS", "Unterminated")):
+        kind = "a file is cut short or garbled"
+    else:
+        kind = "it cannot be read back"
+    return f"{kind}: {text[:160]}{'…' if len(text) > 160 else ''}"
+
+
+def restore_newest_readable(manager, state) -> tuple[int, object, list[int]]:
+    """(epoch, state, unreadable epochs) from the newest checkpoint that can be read back,
+    trying the older ones in turn; each one that cannot is reported on the "jaxmnist"
+    logger in one line naming it and what is wrong, and the one used in another. (0,
+    state, []) if there is none; CheckpointError (naming each) if none can be read."""
+    epochs = sorted(manager.all_steps(), reverse=True)
+    unreadable = []
+    for epoch in epochs:
+        try:
+            _, restored = restore_checkpoint(manager, state, epoch)
+        except Exception as e:  # damage shows as any error type orbax or TensorStore has
+            unreadable.append((epoch, damage(e)))
+            log.warning(f"{_checkpoint_path(manager, epoch)} cannot be read ({damage(e)})")
+            continue
+        if unreadable:
+            log.warning(f"using the checkpoint of epoch {epoch}, the newest that can be read")
+        return epoch, restored, [e for e, _ in unreadable]
+    if unreadable:
+        raise CheckpointError(f"{manager.directory}: no checkpoint can be read ("
+                              + "; ".join(f"epoch {e}: {why}" for e, why in unreadable)
+                              + "); nothing was changed")
+    return 0, state, []
+
+
+def set_aside(run_dir: Path, epochs: list[int]) -> Path:
+    """Moves the checkpoints of `epochs` (unreadable ones) out of orbax's directory into
+    `run_dir`/damaged-checkpoints/, so that a resumed run can save those epochs again;
+    nothing is deleted. Returns where they went."""
+    aside = Path(run_dir) / "damaged-checkpoints"
+    aside.mkdir(exist_ok=True)
+    for epoch in epochs:
+        target, n = aside / str(epoch), 1
+        while target.exists():
+            target, n = aside / f"{epoch}-{n}", n + 1
+        os.replace(Path(run_dir) / "checkpoints" / str(epoch), target)
+    return aside
 
 
 def load_trained(run_dir: str | os.PathLike):
-    """(model, variables) of the newest checkpoint in `run_dir` (uses its config.json);
-    the variables are those it was evaluated with (`steps.eval_variables`)."""
+    """(model, variables) of the newest checkpoint in `run_dir` that can be read back
+    (uses its config.json; `restore_newest_readable`); the variables are those it was
+    evaluated with (`steps.eval_variables`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     manager = checkpoint_manager(run_dir)
-    if manager.latest_step() is None:
-        raise RunDirError(f"{run_dir}: no checkpoint")
-    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
-    _, state = restore_checkpoint(manager, state)
+    try:
+        if manager.latest_step() is None:
+            raise RunDirError(f"{run_dir}: no checkpoint")
+        state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+        _, state, _ = restore_newest_readable(manager, state)
+    finally:
+        close(manager)
     return steps.make_model(config), steps.eval_variables(state)

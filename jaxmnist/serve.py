@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmnist import predict
-from jaxmnist.cli import ArgumentParser, fail, quiet_libraries, report
+from jaxmnist.cli import ArgumentParser, fail, log_to_stderr, quiet_libraries, report
 from jaxmnist.configs import Config
 from jaxmnist.models import count_params
 
@@ -139,6 +139,7 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
 def main(argv=None) -> int:
     prog = "python -m jaxmnist.serve"
     quiet_libraries()
+    log_to_stderr(prog)  # a checkpoint that cannot be read, and the one used instead
     p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--run", default="experiments/results/default",
                    help="a training run directory (default experiments/results/default)")

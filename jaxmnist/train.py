@@ -11,6 +11,7 @@ processes (hosts): see `jaxmnist.multihost`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxmnist import configs, data, multihost, rundir
+from jaxmnist import configs, data, files, multihost, rundir
 from jaxmnist.parallel import Trainer
 from jaxmnist.steps import TrainState, create_train_state
 
@@ -126,64 +127,101 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
     # Every process has checked the run directory before process 0 writes to it.
     multihost.sync("jaxmnist: run directory checked")
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        rundir.write_config(workdir, config)
-
-    init_key, data_key, dropout_key, augment_key = jax.random.split(jax.random.key(config.seed), 4)
-    state = trainer.put(create_train_state(config, init_key, steps_per_epoch))
-    # Checkpoints are written in a thread, off the training loop (as the curves).
-    manager = rundir.checkpoint_manager(workdir, asynchronous=True)
-    start_epoch = 0
-    if resume:
-        start_epoch, state = rundir.restore_checkpoint(manager, state)
-        state = trainer.put(state)
-    # The metrics of the epochs the checkpoint holds; later lines (an epoch that was
-    # interrupted after its line was written) are dropped.
-    history = rundir.truncate_metrics(workdir, start_epoch) if is_main else []
-    plotter = ThreadPoolExecutor(max_workers=1)  # curves drawn off the loop, as checkpoints
-    plotted = None
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            t0 = time.perf_counter()
-            perm = trainer.permutation(jax.random.fold_in(data_key, epoch), len(train_split),
-                                       config.batch_size)
-            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                      disable=not (progress and is_main), leave=False, unit="step",
-                      dynamic_ncols=True) as bar:
-                state, host = train_epoch(trainer, state, train_split, perm,
-                                          jax.random.fold_in(augment_key, epoch), dropout_key,
-                                          epoch=epoch, steps=steps_per_epoch,
-                                          on_steps=functools.partial(_show_steps, bar))
-            t_train = time.perf_counter() - t0
-            ev = trainer.evaluate(state, eval_split)
-            record = rundir.metrics_record(epoch, host, ev, eval_name, time.perf_counter() - t0,
-                                           t_train, steps_per_epoch * config.batch_size)
-            history.append(record)
-            rundir.save_checkpoint(manager, epoch, state, wait=False)
-            if is_main:
-                rundir.append_metrics(workdir, record)
-                if plotted is not None:
-                    plotted.result()  # the previous epoch's, long done; raises if it failed
-                plotted = plotter.submit(rundir.plot_curves, list(history),
-                                         workdir / "curves.png", eval_name)
-                log.info(f"epoch {epoch:2d}  train loss {record['train_loss']:.4f} acc "
-                         f"{100 * record['train_accuracy']:.2f}%  {eval_name} loss "
-                         f"{ev['loss']:.4f} acc {100 * ev['accuracy']:.2f}%  "
-                         f"{record['seconds']:.1f}s")
-    except TrainingDiverged as e:
-        last = manager.latest_step()
-        kept = (f"the last good checkpoint (epoch {last}) is kept" if last
-                else "no checkpoint had been saved yet")
-        raise TrainingDiverged(f"{e}; {kept}") from None
-    except KeyboardInterrupt:
-        manager.wait_until_finished()  # the last finished epoch's checkpoint, complete
-        raise
-    manager.wait_until_finished()
-    plotter.shutdown()
-    if plotted is not None:
-        plotted.result()
+    with _naming_the_last_checkpoint_on_write_failure(workdir):
+        if is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            rundir.write_config(workdir, config)
+        init_key, data_key, dropout_key, augment_key = jax.random.split(
+            jax.random.key(config.seed), 4)
+        state = trainer.put(create_train_state(config, init_key, steps_per_epoch))
+        start_epoch = 0
+        if resume:
+            start_epoch, state = _resume(workdir, state)
+            state = trainer.put(state)
+        # The metrics of the epochs the checkpoint holds; later lines (an epoch that was
+        # interrupted after its line was written) are dropped.
+        history = rundir.truncate_metrics(workdir, start_epoch) if is_main else []
+        # Checkpoints are written in a thread, off the training loop (as the curves).
+        manager = rundir.checkpoint_manager(workdir, asynchronous=True)
+        plotter = ThreadPoolExecutor(max_workers=1)
+        plotted = None
+        try:
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                t0 = time.perf_counter()
+                perm = trainer.permutation(jax.random.fold_in(data_key, epoch),
+                                           len(train_split), config.batch_size)
+                with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                          disable=not (progress and is_main), leave=False, unit="step",
+                          dynamic_ncols=True) as bar:
+                    state, host = train_epoch(trainer, state, train_split, perm,
+                                              jax.random.fold_in(augment_key, epoch),
+                                              dropout_key, epoch=epoch, steps=steps_per_epoch,
+                                              on_steps=functools.partial(_show_steps, bar))
+                t_train = time.perf_counter() - t0
+                ev = trainer.evaluate(state, eval_split)
+                record = rundir.metrics_record(epoch, host, ev, eval_name,
+                                               time.perf_counter() - t0, t_train,
+                                               steps_per_epoch * config.batch_size)
+                history.append(record)
+                # The metrics line first: a checkpoint that fails to be written leaves a
+                # line too many, which resuming drops; never a checkpoint without its line.
+                if is_main:
+                    rundir.append_metrics(workdir, record)
+                rundir.save_checkpoint(manager, epoch, state, wait=False)
+                if is_main:
+                    if plotted is not None:
+                        plotted.result()  # the previous epoch's, long done; raises if it failed
+                    plotted = plotter.submit(rundir.plot_curves, list(history),
+                                             workdir / "curves.png", eval_name)
+                    log.info(f"epoch {epoch:2d}  train loss {record['train_loss']:.4f} acc "
+                             f"{100 * record['train_accuracy']:.2f}%  {eval_name} loss "
+                             f"{ev['loss']:.4f} acc {100 * ev['accuracy']:.2f}%  "
+                             f"{record['seconds']:.1f}s")
+            rundir.wait_for_saves(manager)
+            if plotted is not None:
+                plotted.result()
+        except TrainingDiverged as e:
+            rundir.wait_for_saves(manager)
+            last = manager.latest_step()
+            kept = (f"the last good checkpoint (epoch {last}) is kept" if last
+                    else "no checkpoint had been saved yet")
+            raise TrainingDiverged(f"{e}; {kept}") from None
+        except KeyboardInterrupt:
+            rundir.wait_for_saves(manager)  # the last finished epoch's checkpoint, complete
+            raise
+        finally:
+            plotter.shutdown()
+            rundir.close(manager)
     return state
+
+
+def _resume(workdir: Path, state: TrainState) -> tuple[int, TrainState]:
+    """(epoch, state) of the newest readable checkpoint; unreadable newer ones are moved
+    to damaged-checkpoints/ (by process 0), so that their epochs can be saved again."""
+    reader = rundir.checkpoint_manager(workdir)
+    try:
+        epoch, state, unreadable = rundir.restore_newest_readable(reader, state)
+    finally:
+        rundir.close(reader)
+    if unreadable and multihost.is_main():
+        aside = rundir.set_aside(workdir, unreadable)
+        log.warning(f"moved the unreadable checkpoints to {aside}; resuming after epoch {epoch}")
+    multihost.sync("jaxmnist: checkpoint chosen")
+    return epoch, state
+
+
+@contextlib.contextmanager
+def _naming_the_last_checkpoint_on_write_failure(workdir: Path):
+    """A files.WriteError raised inside says which epoch's checkpoint is complete, and how
+    to go on from it."""
+    try:
+        yield
+    except files.WriteError as e:
+        epochs = rundir.complete_epochs(workdir) if (workdir / "checkpoints").is_dir() else []
+        done = (f"the checkpoint of epoch {epochs[0]} is complete" if epochs
+                else "no epoch's checkpoint is complete yet")
+        raise files.WriteError(e.path, e.cause, f"{done}: free space (or make it writable), "
+                               "then continue with --resume") from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 import time
 import typing
@@ -20,7 +19,15 @@ import jax
 from tqdm.auto import tqdm
 
 from jaxmnist import configs, data, multihost, rundir, steps
-from jaxmnist.cli import ArgumentParser, number, print_error, quiet_libraries, report, whole_number
+from jaxmnist.cli import (
+    ArgumentParser,
+    log_to_stderr,
+    number,
+    print_error,
+    quiet_libraries,
+    report,
+    whole_number,
+)
 from jaxmnist.models import count_params, summary
 from jaxmnist.train import TrainingDiverged, train_and_evaluate
 
@@ -83,13 +90,6 @@ def summary_line(history: list[dict], wall: float) -> str:
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
 
 
-class _TqdmHandler(logging.Handler):
-    """Log lines above the progress bar rather than through it."""
-
-    def emit(self, record):
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet_libraries()
@@ -114,11 +114,8 @@ def main(argv=None) -> int:
 
 def train(args, config: configs.Config, run_dir: Path) -> int:
     """Trains into `run_dir` and prints the summary; returns the exit code."""
-    log = logging.getLogger("jaxmnist")
-    if not log.handlers:
-        log.addHandler(_TqdmHandler())
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    # Log lines above the progress bar rather than through it.
+    log_to_stderr(PROG, lambda line: tqdm.write(line, file=sys.stderr))
     t0 = time.perf_counter()
     try:
         train_and_evaluate(config, run_dir, data_dir=args.data_dir, tfds_dir=args.tfds_dir,

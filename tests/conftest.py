@@ -20,6 +20,15 @@ for _name, _value in _CACHE.items():
     jax.config.update(_name, type(_value)(os.environ[_name.upper()]))
 
 
+@pytest.fixture(autouse=True)
+def _x64_restored():
+    # `python -m jaxmnist.backprop` turns on float64 for its process; a test that calls
+    # its main() in this one must not leave the later tests in float64.
+    previous = jax.config.jax_enable_x64
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 class CliResult(NamedTuple):
     returncode: int
     stdout: str
