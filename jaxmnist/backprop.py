@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import math
 import re
@@ -128,7 +129,11 @@ def gradient_descent(p: dict, x: dict, lrs: jax.Array, steps: int) -> dict[str, 
     """Trains one copy of `p` per learning rate, all in one call (vmap over `lrs`, scan
     over iterations). Returns arrays of shape (len(lrs), steps + 1) for every weight,
     bias, intermediate and gradient (key 'dE_d' + name); row 0 is before any update."""
+    return _gradient_descent(p, x, jnp.asarray(lrs), steps)
 
+
+@functools.partial(jax.jit, static_argnames="steps")  # compiled once per shape and steps
+def _gradient_descent(p: dict, x: dict, lrs: jax.Array, steps: int) -> dict[str, jax.Array]:
     def snapshot(params):
         grads = manual_grads(params, x)
         return {**params, **forward(params, x), **{f"dE_d{k}": g for k, g in grads.items()}}
@@ -143,7 +148,7 @@ def gradient_descent(p: dict, x: dict, lrs: jax.Array, steps: int) -> dict[str, 
         last = snapshot(final)
         return jax.tree.map(lambda r, l: jnp.concatenate([r, l[None]]), rows, last)
 
-    return jax.jit(jax.vmap(run))(jnp.asarray(lrs))
+    return jax.vmap(run)(lrs)
 
 
 # ---------------------------------------------------------------------------------
@@ -233,43 +238,69 @@ def _chain_text(weight: str, show) -> str:
     return "·".join([head] + [show(f) for f in rest])
 
 
-def explain_step(row: dict, after: dict, autodiff: dict, lr: float, step: int) -> str:
-    """Step `step` of gradient descent at learning rate `lr` as a worked example: the
-    forward pass, each ∂E_total/∂w as its chain of local derivatives (beside `autodiff`,
-    jax.grad's value), and each update. `row` holds the weights, biases, example,
-    intermediates and gradients ('dE_d' + name) before the step; `after` the weights
-    after it."""
+def worked_step(row: dict, after: dict, autodiff: dict, lr: float, step: int) -> dict:
+    """Step `step` of gradient descent at learning rate `lr` as a worked example, each
+    number formatted as `--explain` prints it: the title, the example and weights before
+    the step; the forward pass and the local derivatives (name, formula, numbers, value);
+    each ∂E_total/∂w as its chain of local derivatives beside `autodiff` (jax.grad's
+    value); and each update. `row` holds the weights, biases, example, intermediates and
+    gradients ('dE_d' + name) before the step; `after` the weights after it."""
     v = {k: float(x) for k, x in row.items()}
     factors = {k: float(x) for k, x in local_derivatives(v).items()}
-    lines = [f"Step {step} of gradient descent, lr = {lr:g}, biases b1 = {v['b1']:g}, "
-             f"b2 = {v['b2']:g}",
-             "", "Before the step:",
-             f"  inputs  i1 = {_num(v['i1'], False)}, i2 = {_num(v['i2'], False)}; "
-             f"targets t1 = {_num(v['t1'], False)}, t2 = {_num(v['t2'], False)}",
-             "  weights " + ", ".join(f"{k} = {_num(v[k], False)}" for k in WEIGHTS),
-             "", "Forward pass:"]
-    for name, formula in FORWARD_FORMULAS:
-        lines.append(f"  {name:<7} = {_fill(formula, v, False)}"
-                     f" = {_fill(formula, v, True)} = {_num(v[name], False)}")
-    lines += ["", "Local derivatives (each edge of the chain rule):"]
+    forward_rows = [{"name": name, "formula": _fill(formula, v, False),
+                     "numbers": _fill(formula, v, True), "value": _num(v[name], False)}
+                    for name, formula in FORWARD_FORMULAS]
+    local_rows = []
     for name, formula, _ in LOCAL_DERIVATIVES:
-        symbolic, numeric = _fill(formula, v, False), _fill(formula, v, True)
-        value = _num(factors[name], False)
-        middle = f" = {numeric}" if numeric.strip("()") != value else ""
-        lines.append(f"  {name:<9} = {symbolic}{middle} = {value}")
-    lines += ["", "Backward pass (∂E_total/∂w = the chain of local derivatives; "
-              "jax.grad beside it):"]
+        numeric, value = _fill(formula, v, True), _num(factors[name], False)
+        local_rows.append({"name": name, "formula": _fill(formula, v, False),
+                           # a factor that is itself a number needs no "= numbers" step
+                           "numbers": numeric if numeric.strip("()") != value else None,
+                           "value": value})
+    backward_rows = []
     for w in ("w5", "w6", "w7", "w8", "w1", "w2", "w3", "w4"):
         hand, auto = v[f"dE_d{w}"], float(autodiff[w])
-        pad = " " * len(f"  ∂E_total/∂{w} ")
-        lines += [f"  ∂E_total/∂{w} = {_chain_text(w, lambda f: f)}",
-                  f"{pad}= {_chain_text(w, lambda f: _num(factors[f]))}",
-                  f"{pad}= {_num(hand, False)}   (jax.grad: {_num(auto, False)}, "
-                  f"difference {hand - auto:.2g})"]
-    lines += ["", f"Update (w ← w − lr·∂E_total/∂w, lr = {lr:g}):"]
-    for w in WEIGHTS:
-        lines.append(f"  {w} ← {w} − lr·∂E_total/∂{w} = {_num(v[w])} − {lr:g}·{_num(v[f'dE_d{w}'])}"
-                     f" = {_num(after[w], False)}")
+        backward_rows.append({
+            "weight": w, "chain": _chain_text(w, lambda f: f),
+            "numbers": _chain_text(w, lambda f: _num(factors[f])),
+            "value": _num(hand, False), "jax_grad": _num(auto, False),
+            "difference": f"{hand - auto:.2g}"})
+    update_rows = [{"weight": w, "before": _num(v[w]), "gradient": _num(v[f"dE_d{w}"]),
+                    "after": _num(after[w], False)} for w in WEIGHTS]
+    return {
+        "title": f"Step {step} of gradient descent, lr = {lr:g}, biases b1 = {v['b1']:g}, "
+                 f"b2 = {v['b2']:g}",
+        "example": f"inputs  i1 = {_num(v['i1'], False)}, i2 = {_num(v['i2'], False)}; "
+                   f"targets t1 = {_num(v['t1'], False)}, t2 = {_num(v['t2'], False)}",
+        "weights": "weights " + ", ".join(f"{k} = {_num(v[k], False)}" for k in WEIGHTS),
+        "lr": f"{lr:g}", "forward": forward_rows, "local_derivatives": local_rows,
+        "backward": backward_rows, "update": update_rows}
+
+
+def explain_step(row: dict, after: dict, autodiff: dict, lr: float, step: int) -> str:
+    """`worked_step` as the text `--explain` prints."""
+    worked = worked_step(row, after, autodiff, lr, step)
+    lines = [worked["title"], "", "Before the step:",
+             "  " + worked["example"], "  " + worked["weights"], "", "Forward pass:"]
+    for r in worked["forward"]:
+        lines.append(f"  {r['name']:<7} = {r['formula']} = {r['numbers']} = {r['value']}")
+    lines += ["", "Local derivatives (each edge of the chain rule):"]
+    for r in worked["local_derivatives"]:
+        middle = f" = {r['numbers']}" if r["numbers"] is not None else ""
+        lines.append(f"  {r['name']:<9} = {r['formula']}{middle} = {r['value']}")
+    lines += ["", "Backward pass (∂E_total/∂w = the chain of local derivatives; "
+              "jax.grad beside it):"]
+    for r in worked["backward"]:
+        pad = " " * len(f"  ∂E_total/∂{r['weight']} ")
+        lines += [f"  ∂E_total/∂{r['weight']} = {r['chain']}",
+                  f"{pad}= {r['numbers']}",
+                  f"{pad}= {r['value']}   (jax.grad: {r['jax_grad']}, "
+                  f"difference {r['difference']})"]
+    lines += ["", f"Update (w ← w − lr·∂E_total/∂w, lr = {worked['lr']}):"]
+    for r in worked["update"]:
+        w = r["weight"]
+        lines.append(f"  {w} ← {w} − lr·∂E_total/∂{w} = {r['before']} − {worked['lr']}·"
+                     f"{r['gradient']} = {r['after']}")
     return "\n".join(lines) + "\n"
 
 
@@ -377,24 +408,37 @@ _EDGES = {"w1": ("i1", "h1"), "w2": ("i2", "h1"), "w3": ("i1", "h2"), "w4": ("i2
           "w5": ("h1", "o1"), "w6": ("h2", "o1"), "w7": ("h1", "o2"), "w8": ("h2", "o2")}
 
 
+def network_labels(row: dict) -> dict:
+    """The text the picture of the net carries at `row`: each node's values, each edge's
+    weight and ∂E_total/∂w, each output's target and error, and E_total."""
+    v = {k: float(x) for k, x in row.items()}
+    nodes = {"i1": [f"i1 = {v['i1']:.6g}"], "i2": [f"i2 = {v['i2']:.6g}"]}
+    for layer, act in (("h", "a_h"), ("o", "a_o")):
+        for k in "12":
+            nodes[layer + k] = [f"{layer}{k} = {v[layer + k]:.6g}",
+                                f"{act}{k} = {v[act + k]:.6g}"]
+    return {
+        "nodes": nodes,
+        "edges": {w: [f"{w} = {v[w]:.6g}", f"∂E/∂{w} = {v['dE_d' + w]:.4g}"] for w in _EDGES},
+        "outputs": {k: [f"t{k} = {v['t' + k]:.6g}", f"E{k} = ½(t{k} − a_o{k})²",
+                        f"   = {v['E' + k]:.6g}"] for k in "12"},
+        "total": f"E_total = {v['E_total']:.6g}",
+        "biases": (f"biases (fixed): b1 = {v['b1']:g} into h1, h2; b2 = {v['b2']:g} into o1, o2"
+                   if v["b1"] or v["b2"] else None),
+    }
+
+
 def draw_network(row: dict, path: Path, title: str) -> None:
     """The 2-2-2 net as the worked example draws it: inputs, hidden and output nodes with
     their values, each of the eight edges with its weight and ∂E_total/∂w at `row`."""
     from matplotlib.figure import Figure  # matplotlib only where a picture is drawn
     from matplotlib.patches import Circle
 
-    v = {k: float(x) for k, x in row.items()}
+    labels = network_labels(row)
     fig = Figure(figsize=(11, 6.2))
     ax = fig.add_subplot()
     ax.set(xlim=(-0.45, 3.15), ylim=(-0.55, 1.55), aspect="equal", title=title)
     ax.axis("off")
-    node_text = {
-        "i1": f"i1 = {v['i1']:.6g}", "i2": f"i2 = {v['i2']:.6g}",
-        "h1": f"h1 = {v['h1']:.6g}\na_h1 = {v['a_h1']:.6g}",
-        "h2": f"h2 = {v['h2']:.6g}\na_h2 = {v['a_h2']:.6g}",
-        "o1": f"o1 = {v['o1']:.6g}\na_o1 = {v['a_o1']:.6g}",
-        "o2": f"o2 = {v['o2']:.6g}\na_o2 = {v['a_o2']:.6g}",
-    }
     colours = {"i": "#dbe9f6", "h": "#fde8c8", "o": "#d9f0d3"}
     for w, (a, b) in _EDGES.items():
         (x0, y0), (x1, y1) = _NODE_XY[a], _NODE_XY[b]
@@ -403,23 +447,20 @@ def draw_network(row: dict, path: Path, title: str) -> None:
         # Crossing edges get their labels near their start, where they are apart.
         f = 0.5 if y0 == y1 else 0.27
         ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0) + (0.07 if y0 == y1 else 0),
-                f"{w} = {v[w]:.6g}\n∂E/∂{w} = {v['dE_d' + w]:.4g}", ha="center",
+                "\n".join(labels["edges"][w]), ha="center",
                 va="bottom" if y0 == y1 else "center", fontsize=8.5,
                 bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.8"))
     for name, (x, y) in _NODE_XY.items():
         ax.add_patch(Circle((x, y), 0.11, fc=colours[name[0]], ec="0.3", zorder=3))
         ax.text(x, y, name, ha="center", va="center", fontsize=11, weight="bold", zorder=4)
-        ax.text(x, y + (0.16 if y else -0.16), node_text[name], ha="center",
+        ax.text(x, y + (0.16 if y else -0.16), "\n".join(labels["nodes"][name]), ha="center",
                 va="bottom" if y else "top", fontsize=8.5, zorder=4)
     for k, y in (("1", 1), ("2", 0)):
         ax.annotate("", (2.55, y), (2.11, y), arrowprops=dict(arrowstyle="-|>", color="0.45"))
-        ax.text(2.6, y, f"t{k} = {v['t' + k]:.6g}\nE{k} = ½(t{k} − a_o{k})²\n"
-                f"   = {v['E' + k]:.6g}", va="center", fontsize=8.5)
-    ax.text(2.6, 0.5, f"E_total = {v['E_total']:.6g}", va="center", fontsize=9.5,
-            weight="bold")
-    if v["b1"] or v["b2"]:
-        ax.text(1.5, -0.5, f"biases (fixed): b1 = {v['b1']:g} into h1, h2; "
-                f"b2 = {v['b2']:g} into o1, o2", ha="center", fontsize=8.5)
+        ax.text(2.6, y, "\n".join(labels["outputs"][k]), va="center", fontsize=8.5)
+    ax.text(2.6, 0.5, labels["total"], va="center", fontsize=9.5, weight="bold")
+    if labels["biases"]:
+        ax.text(1.5, -0.5, labels["biases"], ha="center", fontsize=8.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

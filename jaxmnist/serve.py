@@ -9,6 +9,13 @@ probability bars, the 28x28 image the model sees, a file picker) and a JSON API:
       400 {"error": "one line"}  (not an image, empty, blank, over the size limits)
     GET  /api/info      the run: name, arch, parameters, final accuracy
 
+and Part A's lesson at /backprop (`--backprop-only`: that page alone, no trained run
+needed), the worked example live, every number from `jaxmnist.lesson`:
+
+    POST /api/backprop  body: a JSON object (see jaxmnist.lesson; {} is the seed's example)
+      200 {"curves", "final", "network", "worked", "text", ...}
+      400 {"error": "one line", "field": the field at fault or null}
+
 The server is the standard library's `http.server` (a thread per request): the page is
 three small static files and the API one route, so a web framework would add a
 dependency and nothing else. The model is compiled once at start-up; every asset is
@@ -27,16 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmnist import predict
+from jaxmnist import lesson, predict
 from jaxmnist.cli import ArgumentParser, fail, log_to_stderr, quiet_libraries, report
 from jaxmnist.configs import Config
 from jaxmnist.models import count_params
 
-MAX_BYTES = 5 * 1024 * 1024  # request bodies over 5 MiB are refused
+MAX_BYTES = 5 * 1024 * 1024  # image bodies over 5 MiB are refused
+MAX_LESSON_BYTES = 64 * 1024  # and lesson requests over 64 KiB (a full one is < 1 KiB)
 DRAIN_BYTES = 64 * 1024 * 1024  # larger ones are not even read: the connection is closed
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/style.css": ("style.css", "text/css; charset=utf-8")}
+          "/style.css": ("style.css", "text/css; charset=utf-8"),
+          "/backprop": ("backprop.html", "text/html; charset=utf-8"),
+          "/backprop.js": ("backprop.js", "text/javascript; charset=utf-8")}
+NO_RUN = "no trained run is served here (--backprop-only); the lesson is at /backprop"
 
 
 def run_info(run_dir: Path, num_params: int) -> dict:
@@ -54,16 +65,21 @@ def run_info(run_dir: Path, num_params: int) -> dict:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """The page, its assets, and the prediction API; set `classify` and `info` first."""
+    """The pages, their assets, and the APIs; set `classify` and `info` first (None for
+    the lesson alone)."""
 
-    classify: predict.Classifier
-    info: dict
+    classify: predict.Classifier | None
+    info: dict | None
     server_version = "jaxmnist"
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
         if path == "/api/info":
+            if self.info is None:
+                return self._json(HTTPStatus.NOT_FOUND, {"error": NO_RUN})
             return self._json(HTTPStatus.OK, self.info)
+        if path == "/" and self.classify is None:
+            path = "/backprop"
         if path not in STATIC:
             return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
         name, content_type = STATIC[path]
@@ -71,26 +87,17 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, content_type)
 
     def do_POST(self):  # noqa: N802
-        if self.path.split("?", 1)[0] != "/api/predict":
+        path = self.path.split("?", 1)[0]
+        if path == "/api/backprop":
+            return self._lesson()
+        if path != "/api/predict":
             return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+        if self.classify is None:
+            return self._json(HTTPStatus.NOT_FOUND, {"error": NO_RUN})
         t0 = time.perf_counter()
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._json(HTTPStatus.BAD_REQUEST, {
-                "error": "send the image file's bytes as the body, with a Content-Length"},
-                close=True)
-        if length > MAX_BYTES:
-            if length <= DRAIN_BYTES:  # read and dropped, so the client hears the answer
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(1 << 20, remaining))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            return self._json(HTTPStatus.BAD_REQUEST, {
-                "error": f"{length:,} bytes is over the {MAX_BYTES:,}-byte limit"}, close=True)
-        body = self.rfile.read(length) if length > 0 else b""
+        body = self._body(MAX_BYTES, "send the image file's bytes as the body")
+        if body is None:
+            return
         try:
             image = predict.decode_image(body)
         except predict.ImageError as e:
@@ -104,6 +111,44 @@ class Handler(BaseHTTPRequestHandler):
             "input": np.round(image, 3).tolist(),
             "ms": round(1000 * (time.perf_counter() - t0), 1),
         })
+
+    def _lesson(self):
+        body = self._body(MAX_LESSON_BYTES, "send a JSON object as the body")
+        if body is None:
+            return
+        try:
+            request = json.loads(body or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return self._json(HTTPStatus.BAD_REQUEST, {
+                "error": f"the body is not JSON ({e})", "field": None})
+        try:
+            answer = lesson.lesson(request)
+        except lesson.LessonError as e:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e), "field": e.field})
+        self.result = f"lr_index {answer['request']['lr_index']}, step {answer['request']['step']}"
+        self._send(HTTPStatus.OK, json.dumps(answer).encode(), "application/json")
+
+    def _body(self, limit: int, what: str) -> bytes | None:
+        """The request's body, or None once a 400 has answered one that is missing its
+        length or over `limit` bytes."""
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"{what}, with a Content-Length"},
+                       close=True)
+            return None
+        if length > limit:
+            if length <= DRAIN_BYTES:  # read and dropped, so the client hears the answer
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(1 << 20, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+            self._json(HTTPStatus.BAD_REQUEST, {
+                "error": f"{length:,} bytes is over the {limit:,}-byte limit"}, close=True)
+            return None
+        return self.rfile.read(length) if length > 0 else b""
 
     def _json(self, status: HTTPStatus, payload: dict, close: bool = False) -> None:
         self.result = payload.get("digit", payload.get("error", ""))
@@ -127,11 +172,15 @@ class Handler(BaseHTTPRequestHandler):
         print(line.rstrip(), file=sys.stderr, flush=True)
 
 
-def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000):
-    """A ready server (model loaded and compiled) for `run_dir`; call serve_forever()."""
-    run_dir = Path(run_dir)
-    classify = predict.Classifier.from_run(run_dir)
-    info = run_info(run_dir, count_params(classify.variables["params"]))
+def make_server(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000):
+    """A ready server (model loaded and compiled; the lesson compiled) for `run_dir`, or
+    for the lesson alone if it is None; call serve_forever()."""
+    classify = info = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        classify = predict.Classifier.from_run(run_dir)
+        info = run_info(run_dir, count_params(classify.variables["params"]))
+    lesson.lesson({})  # compiles the runs once, so that no request waits for it
     handler = type("RunHandler", (Handler,), {"classify": classify, "info": info})
     return ThreadingHTTPServer((host, port), handler)
 
@@ -143,6 +192,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--run", default="experiments/results/default",
                    help="a training run directory (default experiments/results/default)")
+    p.add_argument("--backprop-only", action="store_true",
+                   help="serve Part A's lesson alone (/backprop), no trained run needed")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
@@ -150,14 +201,15 @@ def main(argv=None) -> int:
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in 0-65535, got {args.port}")
     try:
-        server = make_server(args.run, args.host, args.port)
+        server = make_server(None if args.backprop_only else args.run, args.host, args.port)
     except ValueError as e:  # not a trained run directory
         return report(prog, e)
     except OSError as e:  # address in use, unknown host, no permission
         fail(prog, f"cannot listen on {args.host}:{args.port} ({e.strerror or e})")
     host, port = server.server_address[:2]
-    print(f"serving {server.RequestHandlerClass.info['run']} on http://{host}:{port}/ "
-          "(Ctrl-C stops)", flush=True)
+    info = server.RequestHandlerClass.info
+    what = f"{info['run']} on http://{host}:{port}/ and" if info else "Part A's lesson on"
+    print(f"serving {what} http://{host}:{port}/backprop (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
