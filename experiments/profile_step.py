@@ -95,10 +95,11 @@ def parts(fast: bool, batch_size: int) -> dict:
 def layer_inputs(arch: str) -> list[tuple[str, str, int, tuple[int, int, int]]]:
     """(name, kind, features, input shape without the batch) of each layer of `arch`."""
     shape, out = (28, 28, 1), []
-    for kind, name, features in parse_arch(arch):
+    for kind, name, features, repeats in parse_arch(arch):
         out.append((name, kind, features, shape))
         h, w, c = shape
-        shape = {"conv": (h, w, features), "valid": (h - 2, w - 2, features),
+        shrink = 2 * repeats
+        shape = {"conv": (h, w, features), "valid": (h - shrink, w - shrink, features),
                  "pool": (h // 2, w // 2, c), "space_to_depth": (h // 2, w // 2, 4 * c),
                  "transition": (h, w, features)}[kind]
     return out

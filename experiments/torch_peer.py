@@ -25,19 +25,21 @@ def build(config) -> nn.Sequential:
 
     layers, channels = [], 1
     block_dropout = config.dropout if config.dropout_at == "blocks" else 0.0
-    for kind, _, features in parse_arch(config.arch):
+    for kind, _, features, repeats in parse_arch(config.arch):
         if kind in BLOCK_KINDS:
-            relu_bn = [nn.ReLU(), nn.BatchNorm2d(features)]
             padding = 0 if kind.endswith("valid") else 1
             if kind.startswith("separable"):
-                layers += [nn.Conv2d(channels, channels, 3, padding=padding, groups=channels,
-                                     bias=config.bias),
-                           nn.Conv2d(channels, features, 1, bias=config.bias)]
+                conv = [nn.Conv2d(channels, channels, 3, padding=padding, groups=channels,
+                                  bias=config.bias),
+                        nn.Conv2d(channels, features, 1, bias=config.bias)]
             else:
-                layers.append(nn.Conv2d(channels, features, 3, padding=padding,
-                                        bias=config.bias))
-            layers += relu_bn[::-1] if config.bn_before_relu else relu_bn
-            layers += [nn.Dropout(block_dropout)] if block_dropout else []
+                conv = [nn.Conv2d(channels, features, 3, padding=padding, bias=config.bias)]
+            # A shared block: the same conv modules again (parameters() counts them once),
+            # a BatchNorm of its own each time.
+            for _ in range(repeats):
+                relu_bn = [nn.ReLU(), nn.BatchNorm2d(features)]
+                layers += conv + (relu_bn[::-1] if config.bn_before_relu else relu_bn)
+                layers += [nn.Dropout(block_dropout)] if block_dropout else []
         elif kind == "pool":
             layers.append(nn.MaxPool2d(2))
             if config.dropout_at == "pools" and config.dropout:

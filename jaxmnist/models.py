@@ -13,6 +13,10 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 | `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
 | `s`   | space-to-depth 2x2: HxWxC -> H/2xW/2x4C (`PixelUnshuffle(2)`) | 0                   |
 
+A block token with `xK` (`c16x3`, `dc26x3`, `v16x2`) is that block applied K times in a
+row with one set of conv weights, counted once, each application with its own
+BatchNorm (+2N params each) and dropout; its input must have N channels already.
+
 then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
 block1, block2, ... in order, transitions transition, transition2, ...
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -61,12 +66,20 @@ _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
 BLOCK_KINDS = ("conv", "valid", "separable_conv", "separable_valid")
 
 
-def parse_arch(arch: str) -> list[tuple[str, str, int]]:
-    """`arch` -> [(kind, name, features)], kind one of conv, valid, separable_conv,
-    separable_valid, pool, transition and space_to_depth (features 0 for pool and
-    space_to_depth), with the layer names the module gives them; checks that the image
-    never shrinks below 1x1 and that `s` halves an even size."""
-    layers, blocks, transitions, size = [], 0, 0, 28
+class Layer(NamedTuple):
+    """One layer of an `arch` string, as `parse_arch` reads it."""
+
+    kind: str  # conv, valid, separable_conv, separable_valid, pool, transition, space_to_depth
+    name: str  # the module's name for it: block1, ..., transition, ..., pool
+    features: int  # output channels (0 for pool and space_to_depth)
+    repeats: int = 1  # a block applied this many times with shared conv weights
+
+
+def parse_arch(arch: str) -> list[Layer]:
+    """`arch` -> [Layer(kind, name, features, repeats)], with the layer names the module
+    gives them; checks that the image never shrinks below 1x1, that `s` halves an even
+    size and that a shared block (`xK`) gets the channels it gives."""
+    layers, blocks, transitions, size, channels = [], 0, 0, 28, 1
     tokens = arch.split()
     if not tokens:
         raise ArchError("empty architecture")
@@ -76,14 +89,24 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
                 "s": "space_to_depth", "dc": "separable_conv",
                 "dv": "separable_valid"}.get(prefix)
         if kind is None or (kind in _NO_FEATURES and len(token) > 1):
-            raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, tN, p or s)")
-        features = 0
+            raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, tN, p or s; "
+                            "a block may end in xK)")
+        features, repeats = 0, 1
         if kind not in _NO_FEATURES:
-            count = token[len(prefix):]
+            count, _, times = token[len(prefix):].partition("x")
             if not count.isdigit() or int(count) == 0:
                 raise ArchError(f"{token!r}: expected a positive number of channels after "
                                 f"{prefix!r}")
             features = int(count)
+            if "x" in token[len(prefix):]:
+                if kind not in BLOCK_KINDS:
+                    raise ArchError(f"{token!r}: only a block (cN, vN, dcN, dvN) can repeat")
+                if not times.isdigit() or int(times) < 2:
+                    raise ArchError(f"{token!r}: expected a count of 2 or more after 'x'")
+                if channels != features:
+                    raise ArchError(f"{token!r}: a shared block needs {features} channels in, "
+                                    f"got {channels}")
+                repeats = int(times)
         if kind in BLOCK_KINDS:
             blocks += 1
             name = f"block{blocks}"
@@ -95,12 +118,13 @@ def parse_arch(arch: str) -> list[tuple[str, str, int]]:
         if kind == "space_to_depth" and size % 2:
             raise ArchError(f"{arch!r}: 's' needs an even image size, got {size}x{size}")
         if kind.endswith("valid"):
-            size -= 2
+            size -= 2 * repeats
         elif kind in _NO_FEATURES:
             size //= 2
         if size < 1:
             raise ArchError(f"{arch!r}: the image shrinks to nothing at {token!r}")
-        layers.append((kind, name, features))
+        channels = {"pool": channels, "space_to_depth": 4 * channels}.get(kind, features)
+        layers.append(Layer(kind, name, features, repeats))
     return layers
 
 
@@ -119,7 +143,9 @@ class ConvBlock(nn.Module):
     """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none); with
     `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout. `separable`: the conv is a
     3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
-    nonlinearity between (as Xception's separable convs)."""
+    nonlinearity between (as Xception's separable convs). `repeats` > 1: the block
+    applied that many times with the same conv, each time with its own BatchNorm
+    (bn1, bn2, ...) and dropout."""
 
     features: int
     padding: str | int
@@ -128,31 +154,34 @@ class ConvBlock(nn.Module):
     bias: bool = False
     bn_before_relu: bool = False
     separable: bool = False
+    repeats: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        channels = x.shape[-1]
         if self.separable:
-            channels = x.shape[-1]
-            x = nn.Conv(
+            depthwise = nn.Conv(
                 channels, (3, 3), padding=self.padding, feature_group_count=channels,
                 use_bias=self.bias, kernel_init=torch_conv_init,
-                bias_init=torch_conv_bias_init(9), name="depthwise",
-            )(x)
-            x = nn.Conv(
+                bias_init=torch_conv_bias_init(9), name="depthwise")
+            pointwise = nn.Conv(
                 self.features, (1, 1), use_bias=self.bias, kernel_init=torch_conv_init,
-                bias_init=torch_conv_bias_init(channels), name="pointwise",
-            )(x)
+                bias_init=torch_conv_bias_init(channels), name="pointwise")
+            conv = lambda x: pointwise(depthwise(x))  # noqa: E731
         else:
-            x = nn.Conv(
+            conv = nn.Conv(
                 self.features, (3, 3), padding=self.padding, use_bias=self.bias,
-                kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * x.shape[-1]),
-                name="conv",
-            )(x)
-        # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
-        batch_norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")
-        x = nn.relu(batch_norm(x)) if self.bn_before_relu else batch_norm(nn.relu(x))
-        return _dropout(x, self.dropout_rate, self.fast, train)
+                kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * channels),
+                name="conv")
+        for k in range(1, self.repeats + 1):
+            suffix = "" if self.repeats == 1 else str(k)
+            x = conv(x)
+            # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
+            batch_norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
+                use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn{suffix}")
+            x = nn.relu(batch_norm(x)) if self.bn_before_relu else batch_norm(nn.relu(x))
+            x = _dropout(x, self.dropout_rate, self.fast, train, f"dropout{suffix}")
+        return x
 
 
 def _dropout(x: jax.Array, rate: float, fast: bool, train: bool, name="dropout") -> jax.Array:
@@ -195,11 +224,11 @@ class Net(nn.Module):
             raise ValueError(f"dropout_at must be one of {DROPOUT_AT}, got {self.dropout_at!r}")
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
-        for kind, name, features in parse_arch(self.arch):
+        for kind, name, features, repeats in parse_arch(self.arch):
             if kind in BLOCK_KINDS:
                 padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
-                              self.bn_before_relu, kind.startswith("separable"),
+                              self.bn_before_relu, kind.startswith("separable"), repeats,
                               name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
@@ -235,7 +264,7 @@ def summary(model: Net, variables) -> list[tuple[str, tuple[int, ...], int]]:
                               mutable=["intermediates"])
     _, state = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
     inter = state["intermediates"]
-    names = [name for kind, name, _ in parse_arch(model.arch) if kind not in _NO_FEATURES]
+    names = [layer.name for layer in parse_arch(model.arch) if layer.kind not in _NO_FEATURES]
     names.append("head")
     rows = []
     for name in names:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxmnist.models import NUM_PARAMS, SEED_ARCH, ArchError, Net, count_params, parse_arch, summary
+from tests.conftest import REPO
 
 
 def init(model=None, batch=2):
@@ -89,10 +90,11 @@ def test_dropout_active_only_in_training():
 
 
 def test_seed_net_is_the_default_member_of_the_family():
-    assert parse_arch(SEED_ARCH) == [
+    assert [layer[:3] for layer in parse_arch(SEED_ARCH)] == [
         ("conv", "block1", 8), ("conv", "block2", 16), ("conv", "block3", 16),
         ("pool", "pool", 0), ("transition", "transition", 8), ("valid", "block4", 16),
         ("valid", "block5", 16), ("valid", "block6", 16), ("valid", "block7", 16)]
+    assert {layer.repeats for layer in parse_arch(SEED_ARCH)} == {1}
     assert Net().arch == SEED_ARCH
 
 
@@ -222,7 +224,7 @@ def test_space_to_depth_moves_each_2x2_patch_into_channels_in_pytorchs_order():
 
 def test_space_to_depth_in_a_net_halves_the_image_and_has_no_parameters():
     model, variables, _ = shapes(Net(arch="s c16 p c8"))
-    assert parse_arch("s c16 p c8")[0] == ("space_to_depth", "space_to_depth", 0)
+    assert parse_arch("s c16 p c8")[0] == ("space_to_depth", "space_to_depth", 0, 1)
     # block1 sees 4 channels at 14x14: 9*4*16 weights + 2*16 BatchNorm.
     assert [row for row in summary(model, variables)] == [
         ("block1", (14, 14, 16), 9 * 4 * 16 + 32), ("block2", (7, 7, 8), 9 * 16 * 8 + 16),
@@ -231,7 +233,7 @@ def test_space_to_depth_in_a_net_halves_the_image_and_has_no_parameters():
 
 def test_separable_blocks_count_and_shape_as_pytorchs_groups_conv_then_1x1():
     arch = "c4 dc8 p dv12"
-    assert [kind for kind, _, _ in parse_arch(arch)] == [
+    assert [layer.kind for layer in parse_arch(arch)] == [
         "conv", "separable_conv", "pool", "separable_valid"]
     model, variables, x = shapes(Net(arch=arch), batch=3)
     # depthwise 9*in, pointwise in*N, BatchNorm 2N; the valid one shrinks 14 -> 12.
@@ -266,3 +268,66 @@ def test_a_separable_block_is_a_per_channel_3x3_then_a_1x1(padding):
             + bn["bias"])
     chex.assert_trees_all_close(block.apply(variables, x, train=False), want, atol=1e-5)
     chex.assert_shape(want, (2, 6, 6, 5) if padding == 1 else (2, 4, 4, 5))
+
+
+def test_a_shared_block_counts_its_conv_once_and_a_batchnorm_per_application():
+    assert parse_arch("c8 c8x3 p dc8x2")[1:] == [
+        ("conv", "block2", 8, 3), ("pool", "pool", 0, 1), ("separable_conv", "block3", 8, 2)]
+    model, variables, _ = shapes(Net(arch="c8 c8x3 v8x2 dc8x2"))
+    rows = summary(model, variables)
+    # conv 9*8*8 once + 3 x BN 16; valid twice: 28 -> 24; depthwise 72 + pointwise 64 + 2 x 16
+    assert rows[1:4] == [("block2", (28, 28, 8), 576 + 48), ("block3", (24, 24, 8), 576 + 32),
+                         ("block4", (24, 24, 8), 72 + 64 + 32)]
+    assert sorted(variables["params"]["block2"]) == ["bn1", "bn2", "bn3", "conv"]
+    assert sorted(variables["batch_stats"]["block2"]) == ["bn1", "bn2", "bn3"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_shared_block_is_the_unshared_blocks_with_equal_convs(fast):
+    shared_model, shared, x = init(Net(arch="c4 c4x2", fast=fast))
+    # The same net unshared, its two convs both set to the shared one, each BatchNorm
+    # to its application's: the same function, in eval and in training mode.
+    s = jax.tree.map(lambda v: v + 0.1 * jnp.sin(jnp.arange(v.size).reshape(v.shape)), shared)
+    block = s["params"]["block2"]
+    unshared = {"params": {"block1": s["params"]["block1"], "head": s["params"]["head"],
+                           "block2": {"conv": block["conv"], "bn": block["bn1"]},
+                           "block3": {"conv": block["conv"], "bn": block["bn2"]}},
+                "batch_stats": {"block1": s["batch_stats"]["block1"],
+                                "block2": {"bn": s["batch_stats"]["block2"]["bn1"]},
+                                "block3": {"bn": s["batch_stats"]["block2"]["bn2"]}}}
+    model = Net(arch="c4 c4 c4", fast=fast)
+    chex.assert_trees_all_close(shared_model.apply(s, x), model.apply(unshared, x), atol=1e-5)
+    rngs = {"dropout": jax.random.key(3)}
+    train = lambda m, v: m.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"])[0]  # noqa: E731
+    chex.assert_trees_all_close(train(Net(arch="c4 c4x2", fast=fast, dropout_rate=0.0), s),
+                                train(Net(arch="c4 c4 c4", fast=fast, dropout_rate=0.0),
+                                      unshared), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("c8 c16x3", "a shared block needs 16 channels in, got 8"),
+    ("c8x1", "a count of 2 or more after 'x'"), ("c8 c8x", "a count of 2 or more"),
+    ("c8 c8xx2", "a count of 2 or more"), ("c8 t8x2", "only a block"),
+    ("v8 v8x20", "shrinks to nothing"), ("cx2", "positive number of channels"),
+])
+def test_bad_shared_blocks_are_refused(arch, message):
+    with pytest.raises(ArchError, match=message):
+        parse_arch(arch)
+
+
+@pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2", SEED_ARCH])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias):
+    torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
+    import importlib.util
+
+    from jaxmnist.configs import Config
+
+    path = REPO / "experiments" / "torch_peer.py"
+    spec = importlib.util.spec_from_file_location("torch_peer", path)
+    torch_peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(torch_peer)
+    net = torch_peer.build(Config(arch=arch, bias=bias))
+    _, variables, _ = shapes(Net(arch=arch, bias=bias))
+    assert sum(p.numel() for p in net.parameters()) == count_params(variables["params"])
+    assert tuple(net(torch.zeros(2, 1, 28, 28)).shape) == (2, 10)
