@@ -93,7 +93,7 @@ def test_two_processes_train_one_run(mnist_splits, tfds_dir, mnist_dir, tmp_path
     assert err0.strip().startswith("epoch  2 ")  # messages from process 0 only
     assert out1 == "" and err1 == "", (out1, err1)
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.json", "curves.png", "metrics.jsonl"]
+        "checkpoint_digests.json", "checkpoints", "config.json", "curves.png", "metrics.jsonl"]
 
     # The global batch is split over the processes, BatchNorm sees all of it: the same
     # metrics and weights as one process with 2 devices, bit for bit...
