@@ -3,6 +3,7 @@ mesh of 8 devices that need not exist: a CPU-only operation or option fails here
 user's Colab TPU or GPU meets it."""
 
 import jax
+import jax.export  # a submodule jax 0.7 does not import with jax
 import jax.numpy as jnp
 import pytest
 
