@@ -279,7 +279,11 @@ def worked_step(row: dict, after: dict, autodiff: dict, lr: float, step: int) ->
 
 def explain_step(row: dict, after: dict, autodiff: dict, lr: float, step: int) -> str:
     """`worked_step` as the text `--explain` prints."""
-    worked = worked_step(row, after, autodiff, lr, step)
+    return worked_text(worked_step(row, after, autodiff, lr, step))
+
+
+def worked_text(worked: dict) -> str:
+    """A `worked_step` as the text `--explain` prints."""
     lines = [worked["title"], "", "Before the step:",
              "  " + worked["example"], "  " + worked["weights"], "", "Forward pass:"]
     for r in worked["forward"]:

@@ -130,7 +130,7 @@ def lesson(request) -> dict:
         before = {k: jnp.asarray(row[k], jnp.float64) for k in bp.PARAMS}
         autodiff = {k: float(v) for k, v in _jax_grad(
             before, {k: jnp.asarray(v, jnp.float64) for k, v in example.items()}).items()}
-    lr = lrs[index]
+    worked = bp.worked_step(row, after, autodiff, lrs[index], step)
     error = hist["E_total"][:, : steps + 1]
     stride = max(1, math.ceil(steps / MAX_CURVE_POINTS))
     iterations = list(range(0, steps + 1, stride))
@@ -140,10 +140,10 @@ def lesson(request) -> dict:
         "request": fields,
         "curves": {"iterations": iterations,
                    "E_total": [[float(e) for e in run[iterations]] for run in error]},
-        "final": [{"lr": f"{lr_:g}", "start": f"{run[0]:.9f}", "last": f"{run[-1]:.9f}"}
-                  for lr_, run in zip(lrs, error)],
+        "final": [{"lr": f"{lr:g}", "start": f"{run[0]:.9f}", "last": f"{run[-1]:.9f}"}
+                  for lr, run in zip(lrs, error)],
         "network": bp.network_labels(row),
-        "worked": bp.worked_step(row, after, autodiff, lr, step),
-        "text": bp.explain_step(row, after, autodiff, lr, step),
+        "worked": worked,
+        "text": bp.worked_text(worked),
         "ms": round(1000 * (time.perf_counter() - t0), 1),
     }

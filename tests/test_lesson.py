@@ -4,8 +4,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,7 +14,7 @@ import pytest
 from jaxmnist import backprop as bp
 from jaxmnist import lesson, serve
 from tests.conftest import REPO, run_in_process
-from tests.test_serve import browser
+from tests.test_serve import browser, serve_process, served_url, stop
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +164,9 @@ def test_page_redraws_the_curves_and_the_numbers_for_a_changed_learning_rate(tmp
 
     driver = browser()
     driver.set_window_size(1280, 1900)
-    proc = subprocess.Popen([sys.executable, "-m", "jaxmnist.serve", "--backprop-only",
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = serve_process("--backprop-only")
     try:
-        line = proc.stdout.readline()  # "serving Part A's lesson on http://…/backprop …"
-        assert "http://127.0.0.1:" in line, proc.stderr.read() if proc.poll() else line
-        driver.get(line.split(" on ", 1)[1].split()[0])
+        driver.get(served_url(proc))  # http://…/backprop
         wait = WebDriverWait(driver, 30)
         status = lambda d: d.find_element(By.ID, "status").text  # noqa: E731
         wait.until(lambda d: status(d).startswith("computed"))
@@ -226,7 +220,5 @@ def test_page_redraws_the_curves_and_the_numbers_for_a_changed_learning_rate(tmp
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".err[data-for=w3]").text == "")
     finally:
         driver.quit()
-        proc.terminate()
-        proc.wait(timeout=30)
-    log = proc.stderr.read()
+        log = stop(proc)
     assert '"POST /api/backprop" 400 w3: not a number' in log, log

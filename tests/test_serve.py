@@ -178,6 +178,26 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def serve_process(*args) -> subprocess.Popen:
+    """`python -m jaxmnist.serve ARGS --port 0` started as a process of its own."""
+    return subprocess.Popen([sys.executable, "-m", "jaxmnist.serve", *args, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def served_url(proc: subprocess.Popen) -> str:
+    """The first URL the server's start-up line names ("serving … on http://…")."""
+    line = proc.stdout.readline()
+    assert "http://127.0.0.1:" in line, proc.stderr.read() if proc.poll() else line
+    return line.split(" on ", 1)[1].split()[0]
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """Stops the server; returns its log (stderr)."""
+    proc.terminate()
+    proc.wait(timeout=30)
+    return proc.stderr.read()
+
+
 # A 7 as a person draws it on the 280x280 pad: a bar, then the stem.
 SEVEN = [[(70, 60), (120, 58), (170, 57), (215, 58)],
          [(215, 58), (195, 110), (170, 160), (150, 210), (140, 245)]]
@@ -200,14 +220,9 @@ def draw(driver, pad, strokes):
 @pytest.mark.slow
 def test_page_reads_a_digit_drawn_on_the_canvas(tmp_path):
     driver = browser()
-    proc = subprocess.Popen([sys.executable, "-m", "jaxmnist.serve", "--run", str(RUN),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = serve_process("--run", str(RUN))
     try:
-        line = proc.stdout.readline()  # "serving default on http://127.0.0.1:PORT/ ..."
-        assert "http://127.0.0.1:" in line, proc.stderr.read() if proc.poll() else line
-        url = line.split(" on ", 1)[1].split()[0]
-        driver.get(url)
+        driver.get(served_url(proc))
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -236,7 +251,5 @@ def test_page_reads_a_digit_drawn_on_the_canvas(tmp_path):
         assert driver.find_element(By.ID, "digit").text == "?"
     finally:
         driver.quit()
-        proc.terminate()
-        proc.wait(timeout=30)
-    log = proc.stderr.read()
+        log = stop(proc)
     assert '"POST /api/predict" 200 7' in log, log
