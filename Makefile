@@ -25,7 +25,7 @@ ARGS ?=
 FLOORS_VENV := .venv-floors
 FLOORS      := .ci/floors.txt
 
-.PHONY: $(if $(filter 1,$(NO_VENV)),$(STAMP) $(DEV_STAMP)) install test test-slow test-floors train train-tiny train-nano serve train-fast train-seed backprop bench lint clean
+.PHONY: $(if $(filter 1,$(NO_VENV)),$(STAMP) $(DEV_STAMP)) install test test-slow test-floors train train-tiny train-micro train-nano train-teacher serve train-fast train-seed backprop bench lint clean
 
 ifeq ($(NO_VENV),1)
 # Keeps the runtime's own jax, jaxlib and libtpu (jaxmnist/runtime_install.py); the test
@@ -72,8 +72,15 @@ train-fast: $(STAMP)
 train-tiny: $(STAMP)
 	$(PY) -m jaxmnist.train --recipe tiny $(ARGS)
 
+train-micro: $(STAMP)
+	$(PY) -m jaxmnist.train --recipe micro $(ARGS)
+
 train-nano: $(STAMP)
 	$(PY) -m jaxmnist.train --recipe nano $(ARGS)
+
+# The teacher the small recipes distil from (the committed one is experiments/results/teacher).
+train-teacher: $(STAMP)
+	$(PY) -m jaxmnist.train --recipe teacher $(ARGS)
 
 train-seed: $(STAMP)
 	$(PY) -m jaxmnist.train --recipe seed $(ARGS)

@@ -54,12 +54,16 @@ def load(run: Path) -> tuple[dict, list[dict]]:
 
 
 @functools.cache
-def params(arch: str, bias: bool) -> int:
+def params(arch: str, bias: bool = False, norm: str = "batch") -> int:
     from jaxmnist.configs import Config
     from jaxmnist.models import count_params
     from jaxmnist.steps import variable_shapes
 
-    return count_params(variable_shapes(Config(arch=arch, bias=bias))["params"])
+    return count_params(variable_shapes(Config(arch=arch, bias=bias, norm=norm))["params"])
+
+
+def params_of(config: dict) -> int:
+    return params(config["arch"], config["bias"], config["norm"])
 
 
 def accuracy(run: Path, epoch: int = -1) -> float:
@@ -123,7 +127,11 @@ def _dropout(c: dict) -> str:
 
 
 def _optimizer(c: dict) -> str:
-    text = f"momentum {c.get('momentum', 0.9):g}" + (" (Nesterov)" if c.get("nesterov") else "")
+    if c.get("optimizer") == "adam":
+        text = f"Adam, betas ({c['momentum']:g}, {c['beta2']:g})"
+    else:
+        text = (f"momentum {c.get('momentum', 0.9):g}"
+                + (" (Nesterov)" if c.get("nesterov") else ""))
     if c.get("weight_decay"):
         text += f", weight decay {c['weight_decay']:g}"
     return text
@@ -132,7 +140,8 @@ def _optimizer(c: dict) -> str:
 # (name, words) in the order a reader wants them; each takes a config dict.
 ASPECTS = [
     ("net", lambda c: f"`{c['arch']}`" + (", conv biases" if c.get("bias") else "")
-     + (", BatchNorm before ReLU" if c.get("bn_before_relu") else "")),
+     + (", BatchNorm before ReLU" if c.get("bn_before_relu") else "")
+     + (", layer norm" if c.get("norm") == "layer" else "")),
     ("epochs", lambda c: f"{c['epochs']} epochs"),
     ("schedule", _schedule),
     ("optimizer", _optimizer),
@@ -143,12 +152,19 @@ ASPECTS = [
      if c.get("label_smoothing") else "no label smoothing"),
     ("weight average", lambda c: f"weight average (EMA) {c['ema_decay']:g}"
      if c.get("ema_decay") else "no weight average"),
+    ("teacher", lambda c: f"distilled from `{c['teacher']}` (weight {c['distill_weight']:g}, "
+     f"T {c['distill_temperature']:g})" if c.get("teacher") else "no teacher"),
 ]
+# Said only where a round's runs differ in it (the runs before distillation existed
+# have no teacher, and their descriptions do not mention one).
+UNSAID = {"no teacher"}
 
 
-def describe(config: dict, aspects=None) -> str:
-    return ", ".join(words(config) for name, words in ASPECTS
-                     if aspects is None or name in aspects)
+def describe(config: dict, aspects=None, unsaid=UNSAID) -> str:
+    """The config's `aspects` (default: all) in words, but for the `unsaid` phrases."""
+    return ", ".join(text for name, words in ASPECTS
+                     if (aspects is None or name in aspects)
+                     and (text := words(config)) not in unsaid)
 
 
 # --- the tables -------------------------------------------------------------------------
@@ -180,7 +196,7 @@ def runs_table(bases: list[str]) -> str:
         config, _ = load(runs[0])
         finals = [accuracy(r) for r in runs]
         rows.append([f"`{base}`", describe(config, {"net"}),
-                     f"{params(config['arch'], config.get('bias', False)):,}",
+                     f"{params_of(config):,}",
                      config["epochs"], f"**{mean_std(finals)}**", len(runs),
                      ", ".join(f"{a:.2f}" for a in finals), _time_alone(runs)])
     return table(["run", "net", "params", "epochs", "final-epoch test accuracy (%)", "seeds",
@@ -214,8 +230,8 @@ def round_table(name: str) -> str:
         if unfinished:
             raise SystemExit(f"selection/{name}: unfinished runs {unfinished}")
         names = ", ".join(f"`{r.name}`" for r in group)
-        rows.append([names, describe(config, varying) if varying else "–",
-                     f"{params(config['arch'], config.get('bias', False)):,}", seeds,
+        rows.append([names, describe(config, varying, unsaid=()) if varying else "–",
+                     f"{params_of(config):,}", seeds,
                      ", ".join(f"{a:.2f}" for a in finals), f"**{mean_std(finals)}**",
                      f"{train:.2f}"])
     return (f"Common to `selection/{name}/`: {common}; evaluated on the validation split "
@@ -252,14 +268,20 @@ def time_to_accuracy_table() -> str:
             if abs(sum(r["seconds"] for r in load(run)[1]) - pair["recipe_s"]) > 0.01:
                 raise SystemExit(f"{pair['run']}: its metrics do not give {pair['recipe_s']} s")
         pairs = record["pairs"]
+        checked = all("bench_epoch_s" in p for p in pairs)  # sittings since the check
         rows.append([f"`{record['name']}`", record["recipe"], record.get("cpu", "not recorded"),
-                     ", ".join(f"{p['seed_net_epoch_s']:.1f}" for p in pairs),
+                     ", ".join(f"{p['seed_net_epoch_s']:.1f}" + (" (busy)" if p.get("busy")
+                                                                 else "") for p in pairs),
+                     ", ".join(f"{p['bench_epoch_s']:.1f}" for p in pairs) if checked
+                     else "not checked",
                      ", ".join(f"{p['recipe_s']:.1f}" for p in pairs),
                      ", ".join(f"{p['ratio']:.2f}" for p in pairs),
                      f"**{record['median_ratio']:.2f}×**",
+                     f"{record['median_ratio_to_bench_epoch']:.2f}×" if checked else "–",
                      ", ".join(f"{100 * p['final_test_accuracy']:.2f}" for p in pairs)])
     return table(["sitting (`name`)", "recipe", "CPU", "one seed-net epoch (s), per seed",
-                  "the recipe's run (s)", "ratio", "median", "final test accuracy (%)"], rows)
+                  "the epoch bench predicts (s)", "the recipe's run (s)", "ratio", "median",
+                  "median against bench's epoch", "final test accuracy (%)"], rows)
 
 
 def compare_table() -> str:
@@ -414,13 +436,14 @@ def summary_md() -> str:
         return out
 
     runs = [p.parent for p in RESULTS.rglob("config.json")]
-    selection = [r for r in runs if r.relative_to(RESULTS).parts[0] == "selection"]
-    tested = [r for r in runs if r not in selection]
+    validated = [r for r in runs if load(r)[0]["validation"]]
+    tested = [r for r in runs if r not in validated]
     return ("# Every committed run (written by `python experiments/summarize.py`)\n\n"
             "Minutes are the sum of the epochs' seconds; most runs shared the cores with "
             "other work, so they are not speed figures (docs/performance.md has those).\n\n"
-            "## Selection runs (validation: the last 5,000 training images)\n\n"
-            + table(header, rows(selection))
+            "## Validation runs: the selection rounds and the teachers (trained on the "
+            "first 55,000 training images, evaluated on the last 5,000)\n\n"
+            + table(header, rows(validated))
             + "\n## Test-set runs (trained on all 60,000, evaluated on the 10,000 test "
               "images)\n\n" + table(header, rows(tested)))
 

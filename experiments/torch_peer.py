@@ -1,8 +1,8 @@
 """A jaxmnist recipe's net and step in PyTorch eager, for `compare.py`.
 
 Builds the recipe's net (`--recipe`, default the seed net: 12,088 params) layer for
-layer from its `arch` string, with its bias, dropout, dropout placement and block
-order, checks that it has the same number of parameters as the jaxmnist net, and
+layer from its `arch` string, with its bias, dropout, dropout placement, block order
+and norm, checks that it has the same number of parameters as the jaxmnist net, and
 times steady-state training steps (the recipe's batch size and dropout, SGD momentum
 0.9) on synthetic MNIST-shaped batches; prints one JSON line with `train_images_per_s`.
 `--tuned` runs it as a PyTorch user would tune it for a CPU: model and input in
@@ -35,9 +35,11 @@ def build(config) -> nn.Sequential:
             else:
                 conv = [nn.Conv2d(channels, features, 3, padding=padding, bias=config.bias)]
             # A shared block: the same conv modules again (parameters() counts them once),
-            # a BatchNorm of its own each time.
+            # a norm of its own each time.
             for _ in range(repeats):
-                relu_bn = [nn.ReLU(), nn.BatchNorm2d(features)]
+                norm = (nn.GroupNorm(1, features, eps=1e-5, affine=False)
+                        if config.norm == "layer" else nn.BatchNorm2d(features))
+                relu_bn = [nn.ReLU(), norm]
                 layers += conv + (relu_bn[::-1] if config.bn_before_relu else relu_bn)
                 layers += [nn.Dropout(block_dropout)] if block_dropout else []
         elif kind == "pool":

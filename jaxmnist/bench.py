@@ -23,11 +23,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxmnist import configs, parallel
+from jaxmnist import configs, parallel, rundir
 from jaxmnist.cli import ArgumentParser, architecture, positive_int, report
 from jaxmnist.files import WriteError, append_line, check_writable_dir
 from jaxmnist.models import count_params
-from jaxmnist.steps import create_train_state, train_step, uses_fast_kernels
+from jaxmnist.steps import create_train_state, loss_options, train_step, uses_fast_kernels
 
 DEFAULT_OUT = "runs/bench.jsonl"
 
@@ -85,10 +85,10 @@ def synthetic_batch(n: int, seed: int = 0) -> dict:
             "label": jax.random.randint(k2, (n,), 0, 10)}
 
 
-def scanned_steps(state, batch, rng, n: int):
+def scanned_steps(state, batch, rng, n: int, **loss_options):
     """`n` train steps in one call, looped by `lax.scan` instead of Python."""
     def body(state, _):
-        return train_step(state, batch, rng)
+        return train_step(state, batch, rng, **loss_options)
 
     return jax.lax.scan(body, state, length=n)
 
@@ -101,11 +101,14 @@ def bench(config: configs.Config, steps: int = 100, eval_steps: int = 20, scan: 
     `xla_defaults` compiles with XLA's default options instead of
     `kernels.compiler_options` (on CPU: with YNNPACK convolutions)."""
     trainer = parallel.Trainer(config, compiler_options={} if xla_defaults else None)
-    state = trainer.put(create_train_state(config, jax.random.key(0), steps_per_epoch=469))
+    # A recipe with a teacher times its steps with the teacher's forward pass in them.
+    state = trainer.put(create_train_state(config, jax.random.key(0), steps_per_epoch=469,
+                                           teacher=rundir.load_teacher(config)))
     batch = jax.device_put(synthetic_batch(config.batch_size), trainer.sharded)
     rng = jax.random.key(1)
     if scan > 1:
-        step_fn = trainer.jit(functools.partial(scanned_steps, n=scan), donate_argnums=0,
+        step_fn = trainer.jit(functools.partial(scanned_steps, n=scan,
+                                                **loss_options(config)), donate_argnums=0,
                               out_shardings=(trainer.replicated, trainer.replicated))
         calls = max(1, steps // scan)
         steps = calls * scan

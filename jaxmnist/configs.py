@@ -28,7 +28,11 @@ class Config:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.04  # the peak learning rate for the one-cycle schedule
+    # SGD with momentum, or Adam (its first-moment decay beta1 is `momentum`, its second
+    # `beta2`; PyTorch's Adam(betas=(momentum, beta2)), eps 1e-8)
+    optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
+    beta2: float = 0.999
     nesterov: bool = False  # Nesterov's momentum (PyTorch SGD's nesterov=True)
     schedule: Literal["constant", "onecycle"] = "constant"
     warmup_fraction: float = 0.3  # one-cycle: share of the steps spent rising to `lr`
@@ -36,7 +40,20 @@ class Config:
     dropout_at: Literal["blocks", "pools"] = "blocks"  # after every block, or each pool
     bias: bool = False  # every conv with a bias (PyTorch's Conv2d default)
     bn_before_relu: bool = False  # blocks conv -> BN -> ReLU instead of conv -> ReLU -> BN
+    # the blocks' normalization: BatchNorm (2 params a channel), or "layer": each image's
+    # activations standardised over height, width and channels, no params (PyTorch's
+    # GroupNorm(1, C, affine=False))
+    norm: Literal["batch", "layer"] = "batch"
     label_smoothing: float = 0.0
+    # distillation: a trained run's directory whose eval-mode logits on each training batch
+    # are soft targets; the loss is (1 - w)·CE(labels) + w·T²·KL(softmax(teacher/T) ‖
+    # softmax(student/T)) with w `distill_weight` and T `distill_temperature`; "": none
+    teacher: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
+    # the teacher's logits computed once per training image before training, of the
+    # images as they are (not augmented), instead of on every augmented batch
+    distill_once: bool = False
     # L2 weight decay: `weight_decay * w` added to every parameter's gradient before the
     # momentum (PyTorch SGD's weight_decay); 0: none
     weight_decay: float = 0.0
@@ -72,8 +89,8 @@ class Config:
                "must be >= 0")
         _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
                "must be a finite number > 0")
-        for name in ("momentum", "dropout", "warmup_fraction", "label_smoothing", "scale",
-                     "brightness", "contrast", "ema_decay", "weight_decay"):
+        for name in ("momentum", "beta2", "dropout", "warmup_fraction", "label_smoothing",
+                     "scale", "brightness", "contrast", "ema_decay", "weight_decay"):
             _check(name, getattr(self, name), lambda v: 0 <= v < 1, "must be in [0, 1)")
         for name in ("rotate_degrees", "shift_pixels"):
             _check(name, getattr(self, name), lambda v: math.isfinite(v) and v >= 0,
@@ -89,8 +106,23 @@ class Config:
                        f"must be {' or '.join(map(repr, choices))}")
             elif kind is bool and not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        _check("distill_weight", self.distill_weight, lambda v: 0 <= v <= 1,
+               "must be in [0, 1]")
+        _check("distill_temperature", self.distill_temperature,
+               lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+        if not self.teacher:
+            for name in ("distill_weight", "distill_temperature", "distill_once"):
+                if getattr(self, name) != self.__dataclass_fields__[name].default:
+                    raise ConfigError(name, "needs a teacher (a trained run's directory), "
+                                      "got none")
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov", "needs a momentum > 0, got momentum 0")
+        if self.optimizer != "adam":
+            if self.beta2 != self.__dataclass_fields__["beta2"].default:
+                raise ConfigError("beta2", f"is Adam's: needs optimizer 'adam', got "
+                                  f"{self.optimizer!r}")
+        elif self.nesterov:
+            raise ConfigError("nesterov", "is SGD's: needs optimizer 'sgd', got 'adam'")
         train_images = MNIST_TRAIN_IMAGES - self.validation
         if self.batch_size > train_images:
             raise ConfigError("batch_size", f"{self.batch_size} is larger than the "
@@ -172,6 +204,23 @@ def tiny() -> Config:
         brightness=0.2, contrast=0.2)
 
 
+MICRO_ARCH = "c8 p v10 v10x3"
+
+
+def micro() -> Config:
+    """A net under 2,000 parameters: `MICRO_ARCH` with conv biases, 1,926 parameters (one
+    8-channel block at 28x28, a pool, a valid block of 10 channels, then one valid conv
+    of 10 channels applied three times with its weights shared, each time with its own
+    BatchNorm), no dropout, `default`'s one-cycle schedule (20 epochs, peak lr 0.1) and
+    augmentation (rotation ±7°, shift ±1 px) (`make train-micro`).
+
+    Chosen on the validation split against the same nets with the shared block applied
+    once, separable nets of 1,746-1,850 params (the published 1,936-parameter net's
+    shape), a norm without parameters, `tiny`'s augmentation, 40 epochs and a teacher
+    (experiments/results/selection/micro-1/, micro-2/; docs/selection-small.md)."""
+    return dataclasses.replace(default(), arch=MICRO_ARCH, bias=True, dropout=0.0)
+
+
 NANO_ARCH = "c4 p dc8 dc10 p dc14"
 
 
@@ -188,4 +237,14 @@ def nano() -> Config:
                                shift_pixels=0.0)
 
 
-RECIPES = {"default": default, "fast": fast, "nano": nano, "seed": seed, "tiny": tiny}
+def teacher() -> Config:
+    """The teacher the small recipes distil from (`--teacher`): the seed net and
+    `default`'s schedule with `tiny`'s augmentation, so that it reads the images the
+    students see (`make train-teacher`), trained on the first 55,000 training images
+    only: no student's teacher has seen the validation split its recipe was chosen on."""
+    return dataclasses.replace(tiny(), arch=SEED_ARCH, bias=False, dropout=0.069,
+                               validation=5000)
+
+
+RECIPES = {"default": default, "fast": fast, "micro": micro, "nano": nano, "seed": seed,
+           "teacher": teacher, "tiny": tiny}

@@ -280,10 +280,13 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 @dataclass(frozen=True)
 class Split:
-    """One split in device memory: uint8 images (N, 28, 28, 1) and int32 labels (N,)."""
+    """One split in device memory: uint8 images (N, 28, 28, 1) and int32 labels (N,);
+    for distillation from logits computed once (`Config.distill_once`), a teacher's
+    float32 logits (N, 10) of the images as they are."""
 
     images: jax.Array
     labels: jax.Array
+    teacher_logits: jax.Array | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -377,7 +380,8 @@ def get_batch(
 ) -> dict[str, jax.Array]:
     """Gathers the images at `index`, augments them (if asked: `augment`, then
     `adjust_brightness_contrast`, each applied to an image with `probability`, drawn
-    per image and per transform, as Albumentations' `p`) and normalises them."""
+    per image and per transform, as Albumentations' `p`) and normalises them. A split
+    with teacher logits gives theirs at `index` too ("teacher_logits")."""
     images = split.images[index].astype(jnp.float32) / 255.0
     if key is not None and (max_degrees or max_shift or max_scale):
         images = _sometimes(jax.random.fold_in(key, 4), probability, images,
@@ -386,7 +390,10 @@ def get_batch(
         images = _sometimes(jax.random.fold_in(key, 5), probability, images,
                             adjust_brightness_contrast(jax.random.fold_in(key, 3), images,
                                                        brightness, contrast))
-    return {"image": standardize(images), "label": split.labels[index]}
+    batch = {"image": standardize(images), "label": split.labels[index]}
+    if split.teacher_logits is not None:
+        batch["teacher_logits"] = split.teacher_logits[index]
+    return batch
 
 
 def _sometimes(key: jax.Array, probability: float, images: jax.Array,
@@ -398,4 +405,5 @@ def _sometimes(key: jax.Array, probability: float, images: jax.Array,
     return jnp.where(chosen, transformed, images)
 
 
-jax.tree_util.register_dataclass(Split, data_fields=["images", "labels"], meta_fields=[])
+jax.tree_util.register_dataclass(Split, data_fields=["images", "labels", "teacher_logits"],
+                                 meta_fields=[])

@@ -15,16 +15,19 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 
 A block token with `xK` (`c16x3`, `dc26x3`, `v16x2`) is that block applied K times in a
 row with one set of conv weights, counted once, each application with its own
-BatchNorm (+2N params each) and dropout; its input must have N channels already.
+norm (BatchNorm: +2N params each) and dropout; its input must have N channels already.
 
 then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
 block1, block2, ... in order, transitions transition, transition2, ...
 
-Three switches change every layer of a kind (`Net` attributes, `Config` fields):
+Four switches change every layer of a kind (`Net` attributes, `Config` fields):
 `bias=True` gives every conv (blocks, transitions, head) a bias, as PyTorch's `Conv2d`
 has by default (+N params per layer); `dropout_at="pools"` takes dropout out of the
 blocks and puts it after each pool instead; `bn_before_relu=True` makes every block
-conv -> BatchNorm -> ReLU (-> Dropout), the more common order, with the same params.
+conv -> BatchNorm -> ReLU (-> Dropout), the more common order, with the same params;
+`norm="layer"` puts a norm without parameters where each block's BatchNorm is: each
+image's activations standardised over height, width and channels together (PyTorch's
+`GroupNorm(1, C, affine=False)`; -2N params a block, the same in training and eval).
 Parameter counts are PyTorch's: weights, biases and BatchNorm's scale and offset; not
 its running statistics.
 
@@ -129,6 +132,7 @@ def parse_arch(arch: str) -> list[Layer]:
 
 
 DROPOUT_AT = ("blocks", "pools")
+NORMS = ("batch", "layer")
 
 
 def space_to_depth(x: jax.Array) -> jax.Array:
@@ -143,9 +147,10 @@ class ConvBlock(nn.Module):
     """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none); with
     `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout. `separable`: the conv is a
     3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
-    nonlinearity between (as Xception's separable convs). `repeats` > 1: the block
-    applied that many times with the same conv, each time with its own BatchNorm
-    (bn1, bn2, ...) and dropout."""
+    nonlinearity between (as Xception's separable convs). `norm="layer"`: a norm
+    without parameters (each image standardised over H, W and C) in BatchNorm's place.
+    `repeats` > 1: the block applied that many times with the same conv, each time
+    with its own norm (bn1, bn2, ... or ln1, ln2, ...) and dropout."""
 
     features: int
     padding: str | int
@@ -155,15 +160,21 @@ class ConvBlock(nn.Module):
     bn_before_relu: bool = False
     separable: bool = False
     repeats: int = 1
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         channels = x.shape[-1]
         if self.separable:
-            depthwise = nn.Conv(
-                channels, (3, 3), padding=self.padding, feature_group_count=channels,
-                use_bias=self.bias, kernel_init=torch_conv_init,
-                bias_init=torch_conv_bias_init(9), name="depthwise")
+            if self.fast:
+                depthwise = kernels.DepthwiseConv3x3(
+                    self.padding, use_bias=self.bias, kernel_init=torch_conv_init,
+                    bias_init=torch_conv_bias_init(9), name="depthwise")
+            else:
+                depthwise = nn.Conv(
+                    channels, (3, 3), padding=self.padding, feature_group_count=channels,
+                    use_bias=self.bias, kernel_init=torch_conv_init,
+                    bias_init=torch_conv_bias_init(9), name="depthwise")
             pointwise = nn.Conv(
                 self.features, (1, 1), use_bias=self.bias, kernel_init=torch_conv_init,
                 bias_init=torch_conv_bias_init(channels), name="pointwise")
@@ -176,10 +187,17 @@ class ConvBlock(nn.Module):
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
             x = conv(x)
-            # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
-            batch_norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
-                use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn{suffix}")
-            x = nn.relu(batch_norm(x)) if self.bn_before_relu else batch_norm(nn.relu(x))
+            if self.norm == "layer":
+                # One group of all the channels, no scale or offset: PyTorch's
+                # GroupNorm(1, C, affine=False), eps 1e-5.
+                norm = nn.GroupNorm(num_groups=1, epsilon=1e-5, use_bias=False,
+                                    use_scale=False, name=f"ln{suffix}")
+            else:
+                # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
+                norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
+                    use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                    name=f"bn{suffix}")
+            x = nn.relu(norm(x)) if self.bn_before_relu else norm(nn.relu(x))
             x = _dropout(x, self.dropout_rate, self.fast, train, f"dropout{suffix}")
         return x
 
@@ -205,10 +223,11 @@ class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
     `arch` is the layer string (module docstring; default: the seed net); `bias`,
-    `dropout_at` and `bn_before_relu` are the switches described there. `fast=True`
-    uses the layers of `jaxmnist.kernels` (same maths, faster on CPU); `fast=False` uses
-    plain `nn.BatchNorm`, `nn.max_pool` and `nn.Dropout`. Both have the same variables;
-    they give the same outputs in eval mode, and in training mode with dropout off.
+    `dropout_at`, `bn_before_relu` and `norm` are the switches described there.
+    `fast=True` uses the layers of `jaxmnist.kernels` (same maths, faster on CPU);
+    `fast=False` uses plain `nn.BatchNorm`, `nn.max_pool`, `nn.Dropout` and a grouped
+    `nn.Conv` for the depthwise convs. Both have the same variables; they give the same
+    outputs in eval mode, and in training mode with dropout off.
     """
 
     dropout_rate: float = 0.069
@@ -217,11 +236,14 @@ class Net(nn.Module):
     bias: bool = False
     dropout_at: str = "blocks"
     bn_before_relu: bool = False
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.dropout_at not in DROPOUT_AT:
             raise ValueError(f"dropout_at must be one of {DROPOUT_AT}, got {self.dropout_at!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
         for kind, name, features, repeats in parse_arch(self.arch):
@@ -229,7 +251,7 @@ class Net(nn.Module):
                 padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"), repeats,
-                              name=name)(x, train)
+                              self.norm, name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)

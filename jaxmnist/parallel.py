@@ -47,8 +47,7 @@ class Trainer:
                     name, f"{getattr(config, name)} is not divisible by the {n} devices")
         self.config = config
         self.jit = jit
-        self._train_step = functools.partial(steps.train_step,
-                                             label_smoothing=config.label_smoothing)
+        self._train_step = functools.partial(steps.train_step, **steps.loss_options(config))
         self.train_step = jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.replicated, self.replicated))
         self.eval_step = jit(steps.eval_step, out_shardings=self.replicated)
@@ -82,6 +81,16 @@ class Trainer:
         mask = index < len(split)
         batch = data.get_batch(split, jnp.where(mask, index, 0))
         return {**batch, "mask": mask.astype(jnp.float32)}
+
+    def logits(self, model, variables, split: data.Split) -> jax.Array:
+        """`model`'s eval-mode logits with `variables` for every image of `split`, (N, 10),
+        replicated on the mesh (a teacher's, computed once: `Config.distill_once`)."""
+        size = self.config.eval_batch_size
+        apply = self.jit(lambda v, b: model.apply(v, b["image"], train=False),
+                         out_shardings=self.replicated)
+        parts = [apply(variables, self.get_eval_batch(split, start, size))
+                 for start in range(0, len(split), size)]
+        return self.put(jnp.concatenate(parts)[:len(split)])
 
     def put(self, tree):
         """`tree` replicated on every device of the mesh."""

@@ -363,3 +363,26 @@ def load_trained(run_dir: str | os.PathLike):
     finally:
         close(manager)
     return steps.make_model(config), steps.eval_variables(state)
+
+
+def load_teacher(config: configs.Config):
+    """(model, variables) of the trained run `config.teacher` names (`load_trained`), for
+    distillation; None where it names none. A ConfigError naming the field where the run
+    cannot be loaded or its net does not take MNIST's 28x28x1 images to 10 logits."""
+    if not config.teacher:
+        return None
+    try:
+        model, variables = load_trained(config.teacher)
+    except RunDirError as e:
+        raise configs.ConfigError("teacher", f"{config.teacher}: cannot be loaded ({e})") from None
+    image = jax.ShapeDtypeStruct((1, 28, 28, 1), np.float32)
+    try:
+        logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, image)
+        shape = logits.shape
+    except Exception as e:  # a net built for other images fails in its own way
+        shape = f"no logits ({type(e).__name__})"
+    if shape != (1, 10):
+        raise configs.ConfigError("teacher", f"{config.teacher}: its net does not take 28x28x1 "
+                                  f"images to 10 logits (got {shape})")
+    return model, variables
+

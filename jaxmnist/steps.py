@@ -9,6 +9,7 @@ examples/mnist, with the model and its schedule. This module imports neither the
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +28,10 @@ class TrainState(train_state.TrainState):
     # exponential moving average), which is what is evaluated and kept; else None.
     ema: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
+    # With a teacher (distillation): its eval-mode variables and apply function. Not
+    # trained, not checkpointed: a resumed run loads the teacher again.
+    teacher: Any = None
+    teacher_apply_fn: Callable | None = struct.field(pytree_node=False, default=None)
 
     def variables(self) -> dict:
         """The newest weights and BatchNorm statistics, as `apply_fn` takes them."""
@@ -61,7 +66,7 @@ def uses_fast_kernels(config: configs.Config) -> bool:
 def make_model(config: configs.Config) -> Net:
     return Net(dropout_rate=config.dropout, fast=uses_fast_kernels(config), arch=config.arch,
                bias=config.bias, dropout_at=config.dropout_at,
-               bn_before_relu=config.bn_before_relu)
+               bn_before_relu=config.bn_before_relu, norm=config.norm)
 
 
 def variable_shapes(config: configs.Config) -> dict:
@@ -84,28 +89,70 @@ def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedul
     )
 
 
-def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int) -> TrainState:
+def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int,
+                       teacher: tuple[Net, dict] | None = None) -> TrainState:
+    """The state of step 0 of `config`'s run; `teacher` (model, variables), the trained
+    net whose logits `train_step` distils (`rundir.load_teacher`), if any."""
     model = make_model(config)
     variables = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
-    tx = optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None,
-                   nesterov=config.nesterov)
+    # A net without BatchNorm (norm="layer") has no statistics: an empty collection.
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    schedule = make_schedule(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        tx = optax.adam(schedule, b1=config.momentum, b2=config.beta2)
+    else:
+        tx = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
     if config.weight_decay:
-        # Decay before momentum, as PyTorch's SGD(weight_decay=...) does. Without it the
-        # optimizer state is plain SGD's, as in every checkpoint written before it.
+        # Decay before momentum, as PyTorch's SGD(weight_decay=...) (and Adam) does.
+        # Without it the optimizer state is plain SGD's, as in every checkpoint written
+        # before it.
         tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
         batch_stats=variables["batch_stats"], ema_decay=config.ema_decay,
         # A copy: the state is donated to the step, and no buffer may appear twice in it.
         ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay else None,
+        # A copy too: the state is donated, and the caller may use its teacher again.
+        teacher=None if teacher is None else jax.tree.map(jnp.copy, teacher[1]),
+        teacher_apply_fn=None if teacher is None else teacher[0].apply,
     )
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0
+def loss_options(config: configs.Config) -> dict:
+    """`train_step`'s loss arguments for `config`: label smoothing, and distillation
+    where it has a teacher."""
+    return {"label_smoothing": config.label_smoothing,
+            "distill_weight": config.distill_weight if config.teacher else 0.0,
+            "distill_temperature": config.distill_temperature}
+
+
+def distillation_loss(logits: jax.Array, teacher_logits: jax.Array,
+                      temperature: float) -> jax.Array:
+    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)), the mean over the rows (Hinton,
+    Vinyals and Dean 2015: T² keeps its gradients' scale as T changes)."""
+    kl = optax.losses.kl_divergence_with_log_targets(
+        jax.nn.log_softmax(logits / temperature), jax.nn.log_softmax(teacher_logits / temperature))
+    return temperature**2 * kl.mean()
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0,
+               distill_weight: float = 0.0, distill_temperature: float = 1.0
                ) -> tuple[TrainState, dict]:
     """One SGD step on `batch`; dropout masks come from `rng` folded with the step. The
-    loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0."""
+    loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0; with
+    `distill_weight` w > 0, (1 - w) times that plus w times `distillation_loss` against
+    the batch's "teacher_logits" where it has them (computed once per image), else the
+    state's teacher's eval-mode logits on the same (augmented) images."""
     dropout_rng = jax.random.fold_in(rng, state.step)
+    if distill_weight:
+        if "teacher_logits" in batch:
+            teacher_logits = batch["teacher_logits"]
+        elif state.teacher is None:
+            raise ValueError("distill_weight > 0 needs teacher logits in the batch or a "
+                             "state made with a teacher")
+        else:
+            teacher_logits = jax.lax.stop_gradient(
+                state.teacher_apply_fn(state.teacher, batch["image"], train=False))
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -117,7 +164,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: 
             loss = optax.softmax_cross_entropy(logits, targets).mean()
         else:
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, updates["batch_stats"])
+        if distill_weight:
+            loss = ((1 - distill_weight) * loss + distill_weight
+                    * distillation_loss(logits, teacher_logits, distill_temperature))
+        return loss, (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)

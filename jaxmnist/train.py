@@ -12,6 +12,7 @@ processes (hosts): see `jaxmnist.multihost`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -103,6 +104,9 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     """Trains `config`, evaluating after each epoch; writes config.json, metrics.jsonl,
     curves.png and a checkpoint per epoch to `workdir`. Returns the final state.
 
+    A teacher (`config.teacher`) is loaded first; its forward passes are part of each
+    step (or, with `config.distill_once`, of the first epoch), and so of the epochs'
+    seconds.
     `splits` (train, eval) are used instead of MNIST from `data_dir` / `tfds_dir`
     (`data.load_mnist`); `resume` continues from the newest checkpoint; `devices`
     (default: all) form the mesh; `progress` shows a bar per epoch. Each epoch's line
@@ -112,12 +116,21 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     workdir = Path(workdir)
     is_main = multihost.is_main()
     rundir.check(workdir, config, resume)
+    teacher = rundir.load_teacher(config)
     trainer = Trainer(config, devices)
     if splits is None:
         splits = load_splits(trainer, config, data_dir, tfds_dir)
     else:
         splits = tuple(trainer.put(s) for s in splits)
     train_split, eval_split = splits
+    # Distilling from logits computed once: those of every training image, here, in the
+    # first epoch's seconds; the state then needs no teacher.
+    teacher_seconds = 0.0
+    if teacher is not None and config.distill_once:
+        t0 = time.perf_counter()
+        logits = jax.block_until_ready(trainer.logits(*teacher, train_split))
+        train_split, teacher = dataclasses.replace(train_split, teacher_logits=logits), None
+        teacher_seconds = time.perf_counter() - t0
     eval_name = "val" if config.validation else "test"
     steps_per_epoch = len(train_split) // config.batch_size
     if steps_per_epoch == 0:
@@ -133,7 +146,7 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
             rundir.write_config(workdir, config)
         init_key, data_key, dropout_key, augment_key = jax.random.split(
             jax.random.key(config.seed), 4)
-        state = trainer.put(create_train_state(config, init_key, steps_per_epoch))
+        state = trainer.put(create_train_state(config, init_key, steps_per_epoch, teacher))
         start_epoch = 0
         if resume:
             start_epoch, state = _resume(workdir, state)
@@ -147,7 +160,8 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
         plotted = None
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                t0 = time.perf_counter()
+                t0 = time.perf_counter() - teacher_seconds
+                teacher_seconds = 0.0
                 perm = trainer.permutation(jax.random.fold_in(data_key, epoch),
                                            len(train_split), config.batch_size)
                 with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",

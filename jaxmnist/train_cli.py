@@ -67,11 +67,18 @@ def config_from_args(args) -> configs.Config:
 
 
 def print_summary(config: configs.Config) -> None:
+    """The layer table; and the teacher, loaded (a ConfigError if it cannot be)."""
     variables = steps.variable_shapes(config)
     print(f"{'layer':<12} {'output':<14} {'params':>8}")
     for name, shape, n in summary(steps.make_model(config), variables):
         print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
     print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
+    teacher = rundir.load_teacher(config)
+    if teacher is not None:
+        model, teacher_variables = teacher
+        print(f"teacher {config.teacher}: {model.arch!r}, "
+              f"{count_params(teacher_variables['params']):,} params; distill weight "
+              f"{config.distill_weight:g}, temperature {config.distill_temperature:g}")
 
 
 def summary_line(history: list[dict], wall: float) -> str:

@@ -1,5 +1,7 @@
 """The fast kernels against the Flax/lax ops they replace, and the XLA:CPU option."""
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -190,3 +192,42 @@ def test_fast_and_plain_nets_agree():
     out_f, _ = fast0.apply(variables, x, train=True, mutable=["batch_stats"])
     out_p, _ = plain0.apply(variables, x, train=True, mutable=["batch_stats"])
     chex.assert_trees_all_close(out_f, out_p, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", [1, "VALID"])
+@pytest.mark.parametrize("shape", [(4, 13, 13, 26), (2, 7, 9, 3)])
+def test_depthwise_conv_matches_the_grouped_conv_values_and_grads(padding, shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    ours = kernels.DepthwiseConv3x3(padding, use_bias=True,
+                                    bias_init=nn.initializers.normal(1.0))
+    ref = nn.Conv(shape[-1], (3, 3), padding=padding, feature_group_count=shape[-1])
+    variables = ours.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_shapes(variables, ref.init(jax.random.key(1), x))
+    chex.assert_trees_all_close(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+    w = jax.random.normal(jax.random.key(2), ref.apply(variables, x).shape)
+
+    def grads(module):
+        return jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * w), argnums=(0, 1))(
+            variables, x)
+
+    chex.assert_trees_all_close(grads(ours), grads(ref), atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="padding must be 'VALID' or 1"):
+        kernels.DepthwiseConv3x3("SAME").init(jax.random.key(1), x)
+
+
+def test_fast_and_plain_separable_nets_agree():
+    x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
+    fast = Net(arch="c4 p dc8 dv10 dc10x2", bias=True, dropout_rate=0.0)
+    plain = Net(arch="c4 p dc8 dv10 dc10x2", bias=True, dropout_rate=0.0, fast=False)
+    variables = fast.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_structs(variables, plain.init(jax.random.key(1), x))
+    # The same initial values too: a run's first weights do not depend on the kernels.
+    chex.assert_trees_all_close(variables, plain.init(jax.random.key(1), x))
+
+    def loss(model, v):
+        out, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out ** 2)
+
+    chex.assert_trees_all_close(jax.grad(functools.partial(loss, fast))(variables),
+                                jax.grad(functools.partial(loss, plain))(variables),
+                                atol=1e-3, rtol=1e-4)

@@ -316,8 +316,8 @@ def test_bad_shared_blocks_are_refused(arch, message):
 
 
 @pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2", SEED_ARCH])
-@pytest.mark.parametrize("bias", [False, True])
-def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias):
+@pytest.mark.parametrize("bias, norm", [(False, "batch"), (True, "batch"), (True, "layer")])
+def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm):
     torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
     import importlib.util
 
@@ -327,7 +327,20 @@ def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias):
     spec = importlib.util.spec_from_file_location("torch_peer", path)
     torch_peer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(torch_peer)
-    net = torch_peer.build(Config(arch=arch, bias=bias))
-    _, variables, _ = shapes(Net(arch=arch, bias=bias))
+    net = torch_peer.build(Config(arch=arch, bias=bias, norm=norm))
+    _, variables, _ = shapes(Net(arch=arch, bias=bias, norm=norm))
     assert sum(p.numel() for p in net.parameters()) == count_params(variables["params"])
     assert tuple(net(torch.zeros(2, 1, 28, 28)).shape) == (2, 10)
+    if norm == "layer":  # the peer's norm computes what a block's does, from its input
+        model = Net(arch="c8", norm="layer", dropout_rate=0.0)
+        x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+        _, inter = model.apply(model.init(jax.random.key(1), x), x, capture_intermediates=True,
+                               mutable=["intermediates"])
+        block = inter["intermediates"]["block1"]
+        relu = np.maximum(np.asarray(block["conv"]["__call__"][0]), 0.0)
+        theirs = net[2]  # the first block: conv, ReLU, norm
+        assert isinstance(theirs, torch.nn.GroupNorm)
+        np.testing.assert_allclose(
+            np.asarray(block["ln"]["__call__"][0]),
+            theirs(torch.from_numpy(relu).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy(),
+            atol=1e-5)

@@ -84,8 +84,8 @@ def test_constraints_text(kept, text):
 
 
 @pytest.mark.parametrize("target", ["install", "test", "test-slow", "lint", "train",
-                                    "train-fast", "train-tiny", "train-nano", "train-seed",
-                                    "backprop",
+                                    "train-fast", "train-tiny", "train-micro", "train-nano",
+                                    "train-teacher", "train-seed", "backprop",
                                     "bench", "serve"])
 def test_every_make_target_runs_in_a_python_of_its_own(target):
     """`make TARGET NO_VENV=1 PYTHON=...` uses that Python, not .venv nor ./python."""

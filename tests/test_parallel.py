@@ -21,12 +21,12 @@ SCRIPT = textwrap.dedent("""
         jax.random.randint(key, (512, 28, 28, 1), 0, 256).astype(np.uint8),
         jax.random.randint(jax.random.key(1), (512,), 0, 10))
 
-    def run(devices):
+    def run(devices, config=config, teacher=None, n=4):
         trainer = parallel.Trainer(config, devices)
-        state = trainer.put(steps.create_train_state(config, jax.random.key(2), 4))
+        state = trainer.put(steps.create_train_state(config, jax.random.key(2), 4, teacher))
         perm = trainer.permutation(jax.random.key(3), len(split), config.batch_size)
         losses, specs = [], set()
-        for i in range(4):
+        for i in range(n):
             batch = trainer.get_batch(trainer.put(split), perm, i, jax.random.key(4))
             specs.add(batch["image"].sharding.spec == P("data"))
             state, metrics = trainer.train_step(state, batch, jax.random.key(5))
@@ -38,10 +38,18 @@ SCRIPT = textwrap.dedent("""
 
     s8, l8, specs8, n8 = run(jax.devices())
     s1, l1, _, _ = run(jax.devices()[:1])
+    # Distilled from a teacher (its logits computed in the step, on each device's shard).
+    from jaxmnist.models import Net
+    teacher_net = Net(arch="c8 p v8")
+    teacher = (teacher_net, teacher_net.init(jax.random.key(7), split.images[:1] / 1.0))
+    distilled = dataclasses.replace(config, teacher="a run", distill_weight=0.7)
+    _, kd8, _, _ = run(jax.devices(), distilled, teacher, 2)
+    _, kd1, _, _ = run(jax.devices()[:1], distilled, teacher, 2)
     diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     print(json.dumps({"losses8": l8, "losses1": l1, "specs8": sorted(specs8),
                       "param_devices": n8, "params_diff": diff(s8.params, s1.params),
+                      "kd8": kd8, "kd1": kd1, "plain1": l1[:2],
                       "stats_diff": diff(s8.batch_stats, s1.batch_stats)}))
 """)
 
@@ -62,3 +70,7 @@ def test_eight_devices_match_one():
     # ...and later steps only drift by that round-off (random labels amplify it a little).
     for a, b in zip(out["losses8"], out["losses1"]):
         assert abs(a - b) < 2e-3, out
+    # Distilled, the same: 8 devices give 1 device's loss, which is not the plain one.
+    assert abs(out["kd8"][0] - out["kd1"][0]) < 1e-6, out
+    assert abs(out["kd8"][1] - out["kd1"][1]) < 2e-3, out
+    assert abs(out["kd1"][0] - out["plain1"][0]) > 1e-3, out

@@ -104,6 +104,21 @@ def test_nesterov_momentum_looks_one_step_ahead():
     assert not configs.Config().nesterov
 
 
+def test_adam_takes_pytorchs_steps_with_momentum_as_beta1():
+    config = configs.Config(arch="c4 p c8", optimizer="adam", momentum=0.7, beta2=0.9, lr=0.01)
+    tx = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10).tx
+    w = jnp.zeros(2)
+    opt_state = tx.init(w)
+    m = v = np.zeros(2)
+    for t, g in enumerate((np.array([1.0, -2.0]), np.array([3.0, 0.5])), start=1):
+        update, opt_state = tx.update(jnp.asarray(g), opt_state, w)
+        # PyTorch's Adam, written out: bias-corrected moments, eps 1e-8 outside the root.
+        m, v = 0.7 * m + 0.3 * g, 0.9 * v + 0.1 * g * g
+        expected = -0.01 * (m / (1 - 0.7**t)) / (np.sqrt(v / (1 - 0.9**t)) + 1e-8)
+        np.testing.assert_allclose(update, expected, rtol=1e-5)
+    assert configs.Config().optimizer == "sgd"
+
+
 def test_the_weight_average_follows_the_steps_and_is_what_is_evaluated():
     config = configs.Config(arch="c4 p c8", dropout=0.0, ema_decay=0.9)
     state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
@@ -317,6 +332,11 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(ema_decay=1.0), "ema_decay must be in [0, 1), got 1.0"),
     (dict(weight_decay=-0.1), "weight_decay must be in [0, 1), got -0.1"),
     (dict(nesterov=True, momentum=0.0), "nesterov needs a momentum > 0, got momentum 0"),
+    (dict(optimizer="lion"), "optimizer must be 'sgd' or 'adam', got 'lion'"),
+    (dict(beta2=0.9), "beta2 is Adam's: needs optimizer 'adam', got 'sgd'"),
+    (dict(beta2=1.0, optimizer="adam"), "beta2 must be in [0, 1), got 1.0"),
+    (dict(nesterov=True, optimizer="adam"), "nesterov is SGD's: needs optimizer 'sgd'"),
+    (dict(norm="group"), "norm must be 'batch' or 'layer', got 'group'"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
