@@ -52,7 +52,7 @@ PUBLISHED = [
 
 # The accuracy axes start here, so that the points near 99.4 % stay apart; a group whose
 # mean lies below is drawn on this floor as a triangle, with its accuracy in its label.
-Y_FLOOR = 98.8
+Y_FLOOR = 98.7
 
 
 def count_params(config) -> int:
@@ -85,21 +85,54 @@ def runs_made_alone(results: Path) -> dict[str, str]:
     return runs
 
 
-def load_groups(results: Path) -> list[dict]:
-    """One entry per config (seeds grouped), from the test-set runs under `results`."""
+def _read_run(run: Path):
+    """(config, metrics records) of a finished test-set run; None for a validation run
+    or an unfinished one."""
     from jaxmnist.configs import Config
 
+    config = Config.from_dict(json.loads((run / "config.json").read_text()))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    if config.validation or not metrics or metrics[-1]["epoch"] != config.epochs:
+        return None
+    return config, metrics
+
+
+def _recipe_key(config) -> str:
+    """What the seeds of one recipe share: every field but the seed."""
+    return json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"},
+                      sort_keys=True)
+
+
+def timing_runs(results: Path) -> dict[str, dict]:
+    """The runs under studies/timing/ made alone (`runs_made_alone`), by `_recipe_key`:
+    a recipe's run repeated with the machine to itself for its seconds only, where its
+    committed seeds shared the cores. {key: {"name", "seconds", "machine"}}."""
     alone = runs_made_alone(results)
+    out = {}
+    for path in sorted(results.glob("studies/timing/*/config.json")):
+        name = path.parent.relative_to(results).as_posix()
+        read = _read_run(path.parent)
+        if read is None or name not in alone:
+            continue
+        config, metrics = read
+        out[_recipe_key(config)] = {"name": name, "machine": alone[name],
+                                    "seconds": sum(m["seconds"] for m in metrics)}
+    return out
+
+
+def load_groups(results: Path) -> list[dict]:
+    """One entry per config (seeds grouped), from the test-set runs under `results`."""
+    alone = runs_made_alone(results)
+    timed = timing_runs(results)
     groups: dict[str, dict] = {}
     for run in test_set_runs(results):
-        config = Config.from_dict(json.loads((run / "config.json").read_text()))
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()]
-        if config.validation or not metrics or metrics[-1]["epoch"] != config.epochs:
+        read = _read_run(run)
+        if read is None:
             continue  # validation runs and unfinished runs are not frontier points
-        key = json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"},
-                         sort_keys=True)
-        group = groups.setdefault(key, {"config": config, "runs": []})
+        config, metrics = read
+        key = _recipe_key(config)
+        group = groups.setdefault(key, {"config": config, "runs": [], "timing": timed.get(key)})
         name = run.relative_to(results).as_posix()
         group["runs"].append({
             "name": name, "seed": config.seed,
@@ -113,6 +146,7 @@ def load_groups(results: Path) -> list[dict]:
     for group in groups.values():
         runs = sorted(group["runs"], key=lambda r: r["seed"])
         accuracies = [r["accuracy"] for r in runs]
+        timing = group["timing"] if not any(r["alone"] for r in runs) else None
         out.append({
             "name": min((r["name"] for r in runs), key=len),
             "arch": group["config"].arch + (", conv biases" if group["config"].bias else "")
@@ -124,11 +158,13 @@ def load_groups(results: Path) -> list[dict]:
             "runs": runs,
             "mean": statistics.mean(accuracies),
             "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-            # The time of a run made alone if there is one; otherwise the fastest seed's.
-            "seconds": min(r["seconds"] for r in runs if r["alone"] or not any(
-                x["alone"] for x in runs)),
-            "timed_alone": any(r["alone"] for r in runs),
-            "machine": next((r["machine"] for r in runs if r["machine"]), ""),
+            # The time of a run made alone if there is one (a seed, else its timing run);
+            # otherwise the fastest seed's.
+            "seconds": timing["seconds"] if timing else min(
+                r["seconds"] for r in runs if r["alone"] or not any(x["alone"] for x in runs)),
+            "timed_alone": any(r["alone"] for r in runs) or timing is not None,
+            "machine": timing["machine"] if timing else next(
+                (r["machine"] for r in runs if r["machine"]), ""),
         })
     return sorted(out, key=lambda g: g["params"])
 
@@ -140,8 +176,10 @@ def write_table(groups: list[dict], path: Path) -> None:
         "Final-epoch test accuracy, mean ± sample std over the seeds listed. Seconds: the "
         "epochs (training and evaluation, the first epoch's compilation included) as "
         "metrics.jsonl recorded them, of the fastest seed made alone on the machine "
-        "(experiments/results/studies/timing/alone.txt); where no seed was, of the fastest seed, "
-        "marked 'shared': those ran beside other work and are not speed figures. The "
+        "(experiments/results/studies/timing/alone.txt), or where none was, of the same "
+        "recipe run again alone under studies/timing/ for its time; where neither, of the "
+        "fastest seed, marked 'shared': those ran beside other work and are not speed "
+        "figures. The "
         "machines differ between runs (named beside the seconds where alone.txt names "
         "one), so seconds compare only runs made on the same one.",
         "",
@@ -175,9 +213,11 @@ def plot(groups: list[dict], path: Path) -> None:
     for p, a, how, _, label in PUBLISHED:
         marker = "s" if "final" in how else "x"
         ax_p.plot(p, a, marker, color="grey", ms=7)
+        # Above and to the right near the floor, clear of a group drawn on it.
+        near_floor = a < Y_FLOOR + 0.15
         ax_p.annotate(label, (p, a), fontsize=7, color="grey",
-                      xytext=(-6, 5 if a >= 99.43 else -11), textcoords="offset points",
-                      ha="right")
+                      xytext=(6, 10) if near_floor else (-6, 5 if a >= 99.43 else -11),
+                      textcoords="offset points", ha="left" if near_floor else "right")
     for g in groups:
         for ax, x in ((ax_p, g["params"]), (ax_t, g["seconds"])):
             shared = ax is ax_t and not g["timed_alone"]
@@ -190,15 +230,15 @@ def plot(groups: list[dict], path: Path) -> None:
                 f"\n{g['machine']}" if ax is ax_t and g["machine"] else "")
             value = f": {g['mean']:.2f} ± {g['std']:.2f} %, below the axis" if below else ""
             label = f"{Path(g['name']).name} (n={len(g['runs'])}){value}{where}"
-            # A label to the right would run over a point close to the right of this one.
+            # A label to the right would run over a point close to the right of this one:
+            # it hangs below and to the left instead. On the floor a label goes above the
+            # triangle, to the right (the floor holds nothing else).
             key = "params" if ax is ax_p else "seconds"
-            crowded = any(x < h[key] <= 1.6 * x for h in groups)
-            offset = (-5, -11) if crowded else (5, 4)
-            if below:  # on the floor: the label goes above the triangle
-                offset = (offset[0], 6)
+            crowded = any(x < h[key] <= 1.6 * x for h in groups) and not below
+            offset = (5, 6) if below else (-5, -6) if crowded else (5, 4)
             ax.annotate(label, (x, y), fontsize=8, color=bar[0].get_color(),
                         xytext=offset, textcoords="offset points",
-                        ha="right" if crowded else "left")
+                        ha="right" if crowded else "left", va="top" if crowded else "bottom")
     for ax, label in ((ax_p, "parameters"), (ax_t, "seconds of training epochs, 2 CPU cores")):
         ax.axhline(99.4, color="grey", ls="--", lw=1)
         ax.set(xscale="log", xlabel=label, ylabel="final-epoch test accuracy (%)")

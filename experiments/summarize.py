@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-CURRENT = ["default", "fast", "tiny", "nano", "seed"]  # the recipes, in the table's order
+CURRENT = ["default", "fast", "tiny", "micro", "nano", "seed"]  # the recipes, in the table's order
 BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)",
                    re.S)
 
@@ -176,9 +176,15 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def _time_alone(runs: list[Path]) -> str:
+    """The seconds of the recipe's epochs where a seed was run alone, else where the
+    recipe was run again alone for its time (studies/timing/), with the machine."""
+    from frontier import _read_run, _recipe_key, timing_runs
+
     made_alone = alone()
     timed = [(sum(r["seconds"] for r in load(run)[1]), made_alone[name])
              for run in runs if (name := run.relative_to(RESULTS).as_posix()) in made_alone]
+    if not timed and (again := timing_runs(RESULTS).get(_recipe_key(_read_run(runs[0])[0]))):
+        timed = [(again["seconds"], again["machine"])]
     if not timed:
         return "not timed alone"
     seconds = statistics.median(s for s, _ in timed)
@@ -326,6 +332,18 @@ def step_variants_table(name: str = "step_variants") -> str:
     return table(["train step (batch 128)", "median ms", "speed against jaxmnist's"], rows)
 
 
+def depthwise_kernel_table() -> str:
+    """The newest measurement of each net in studies/depthwise_kernel.jsonl."""
+    newest = {r["arch"]: r for r in _jsonl(RESULTS / "studies" / "depthwise_kernel.jsonl")}
+    rows = [[f"`{arch}` {layer['layer']}", f"{layer['kernels_ms']:.2f}",
+             f"{layer['grouped_ms']:.2f}", f"{layer['speedup']:.1f}×"]
+            for arch, r in newest.items() for layer in r["layers"]]
+    cpus = sorted({r["cpu"] for r in newest.values()})
+    return (table(["depthwise conv (batch 128), fwd + bwd", "kernels (ms)",
+                   "grouped conv (ms)", "speed-up"], rows)
+            + f"\nMeasured on {', '.join(cpus)}, {newest[next(iter(newest))]['cores']} cores.\n")
+
+
 def profile_table() -> str:
     data = json.loads((RESULTS / "studies" / "profile.json").read_text())["ms_median"]
     parts = list(data["fast"])
@@ -391,6 +409,7 @@ TABLES = {
     "compare": compare_table,
     "bench": bench_table,
     "step-variants": step_variants_table,
+    "depthwise-kernel": depthwise_kernel_table,
     "profile": profile_table,
     "epoch-overhead": epoch_overhead_table,
     "load-time": load_time_table,

@@ -198,26 +198,29 @@ def tiny() -> Config:
     Chosen on the validation split among recipes for nets of 3,622-3,720 params
     (experiments/results/selection/tiny-2/) and kept through the later rounds (tiny-3/ to
     tiny-8/: the published net's own recipe, an average of the weights, weight decay,
-    separable blocks); docs/selection-small.md."""
+    separable blocks; tiny-9/, tiny-10/: 40 epochs, two teachers, a shared-weight
+    block); docs/selection-small.md."""
     return dataclasses.replace(
         default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
         brightness=0.2, contrast=0.2)
 
 
-MICRO_ARCH = "c8 p v10 v10x3"
+MICRO_ARCH = "c8 p v10 v10x4"
 
 
 def micro() -> Config:
-    """A net under 2,000 parameters: `MICRO_ARCH` with conv biases, 1,926 parameters (one
+    """A net under 2,000 parameters: `MICRO_ARCH` with conv biases, 1,946 parameters (one
     8-channel block at 28x28, a pool, a valid block of 10 channels, then one valid conv
-    of 10 channels applied three times with its weights shared, each time with its own
-    BatchNorm), no dropout, `default`'s one-cycle schedule (20 epochs, peak lr 0.1) and
-    augmentation (rotation ±7°, shift ±1 px) (`make train-micro`).
+    of 10 channels applied four times with its weights shared, each time with its own
+    BatchNorm: 12x12 down to 4x4), no dropout, `default`'s one-cycle schedule (20
+    epochs, peak lr 0.1) and augmentation (rotation ±7°, shift ±1 px)
+    (`make train-micro`).
 
-    Chosen on the validation split against the same nets with the shared block applied
-    once, separable nets of 1,746-1,850 params (the published 1,936-parameter net's
-    shape), a norm without parameters, `tiny`'s augmentation, 40 epochs and a teacher
-    (experiments/results/selection/micro-1/, micro-2/; docs/selection-small.md)."""
+    Chosen on the validation split against the same nets with the shared conv applied
+    once and three times, separable nets of 1,746-1,850 params (the published
+    1,936-parameter net's shape), a norm without parameters, `tiny`'s augmentation, 40
+    epochs and a teacher (experiments/results/selection/micro-1/, micro-2/;
+    docs/selection-micro-nano.md)."""
     return dataclasses.replace(default(), arch=MICRO_ARCH, bias=True, dropout=0.0)
 
 
@@ -232,7 +235,9 @@ def nano() -> Config:
 
     Chosen on the validation split among nets of 644-698 params with plain and
     depthwise-separable blocks, with and without mild augmentation
-    (experiments/results/selection/nano-1/ to nano-5/; docs/selection-small.md)."""
+    (experiments/results/selection/nano-1/ to nano-5/), and kept through 40 epochs, a
+    teacher, a norm without parameters and a shared separable block (nano-6/);
+    docs/selection-micro-nano.md."""
     return dataclasses.replace(default(), arch=NANO_ARCH, dropout=0.0, rotate_degrees=0.0,
                                shift_pixels=0.0)
 

@@ -100,13 +100,13 @@ def load_splits(trainer: Trainer, config: configs.Config, data_dir, tfds_dir):
 def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
                        splits: tuple[data.Split, data.Split] | None = None,
                        data_dir=None, tfds_dir=None, resume: bool = False, devices=None,
-                       progress: bool = False) -> TrainState:
+                       progress: bool = False, teacher=None) -> TrainState:
     """Trains `config`, evaluating after each epoch; writes config.json, metrics.jsonl,
     curves.png and a checkpoint per epoch to `workdir`. Returns the final state.
 
-    A teacher (`config.teacher`) is loaded first; its forward passes are part of each
-    step (or, with `config.distill_once`, of the first epoch), and so of the epochs'
-    seconds.
+    A teacher (`config.teacher`) is loaded first, unless given as `teacher` (model,
+    variables: `rundir.load_teacher`'s); its forward passes are part of each step (or,
+    with `config.distill_once`, of the first epoch), and so of the epochs' seconds.
     `splits` (train, eval) are used instead of MNIST from `data_dir` / `tfds_dir`
     (`data.load_mnist`); `resume` continues from the newest checkpoint; `devices`
     (default: all) form the mesh; `progress` shows a bar per epoch. Each epoch's line
@@ -116,7 +116,8 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     workdir = Path(workdir)
     is_main = multihost.is_main()
     rundir.check(workdir, config, resume)
-    teacher = rundir.load_teacher(config)
+    if teacher is None:
+        teacher = rundir.load_teacher(config)
     trainer = Trainer(config, devices)
     if splits is None:
         splits = load_splits(trainer, config, data_dir, tfds_dir)

@@ -110,23 +110,28 @@ def main(argv=None) -> int:
             print_summary(config)
             return 0
         run_dir = Path(args.out) / (args.name or args.recipe)
-        if not multihost.requested(args):  # (across processes: once JAX knows which is 0)
+        teacher = None
+        # Across processes the directory is checked, and a teacher loaded, once JAX knows
+        # which process is 0 (nothing may touch JAX before it is initialised).
+        if not multihost.requested(args):
             rundir.check(run_dir, config, args.resume)
+            teacher = rundir.load_teacher(config)
     except ValueError as e:
         return report(PROG, e)
     if multihost.requested(args):
         return multihost.run(PROG, argv, args, lambda: train(args, config, run_dir))
-    return train(args, config, run_dir)
+    return train(args, config, run_dir, teacher)
 
 
-def train(args, config: configs.Config, run_dir: Path) -> int:
-    """Trains into `run_dir` and prints the summary; returns the exit code."""
+def train(args, config: configs.Config, run_dir: Path, teacher=None) -> int:
+    """Trains into `run_dir` (distilling from `teacher`, `rundir.load_teacher`'s, where
+    the config names one) and prints the summary; returns the exit code."""
     # Log lines above the progress bar rather than through it.
     log_to_stderr(PROG, lambda line: tqdm.write(line, file=sys.stderr))
     t0 = time.perf_counter()
     try:
         train_and_evaluate(config, run_dir, data_dir=args.data_dir, tfds_dir=args.tfds_dir,
-                           resume=args.resume, progress=not args.no_progress)
+                           resume=args.resume, progress=not args.no_progress, teacher=teacher)
     except data.DownloadError as e:
         print_error(PROG, f"{e}: give its folder with --data-dir or $JAXMNIST_DATA_DIR")
         return 2

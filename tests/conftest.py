@@ -1,3 +1,4 @@
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,19 @@ def _x64_restored():
     previous = jax.config.jax_enable_x64
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(autouse=True)
+def _command_line_log_handlers_removed():
+    # A command line run in this process (run_in_process) shows the "jaxmnist" logger's
+    # lines as its own (cli.log_to_stderr); a later test's library calls must not print
+    # through that command's handler.
+    yield
+    from jaxmnist.cli import LogLines
+
+    log = logging.getLogger("jaxmnist")
+    for handler in [h for h in log.handlers if isinstance(h, LogLines)]:
+        log.removeHandler(handler)
 
 
 class CliResult(NamedTuple):
