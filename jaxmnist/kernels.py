@@ -18,8 +18,8 @@ and a fast one (measured in docs/performance.md):
   reduce-window there).
 * `DepthwiseConv3x3` — a 3x3 conv with one filter per channel (`nn.Conv` with
   `feature_group_count` equal to the channels), written as nine shifted
-  multiply-adds that fuse into one loop, its gradients too; XLA:CPU's grouped
-  convolution is an order of magnitude slower at these sizes.
+  multiply-adds that fuse into one loop, its gradients too; XLA:CPU runs the grouped
+  convolution several times slower at these sizes.
 """
 
 from __future__ import annotations

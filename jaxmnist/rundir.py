@@ -385,4 +385,3 @@ def load_teacher(config: configs.Config):
         raise configs.ConfigError("teacher", f"{config.teacher}: its net does not take 28x28x1 "
                                   f"images to 10 logits (got {shape})")
     return model, variables
-

@@ -138,8 +138,8 @@ def distillation_loss(logits: jax.Array, teacher_logits: jax.Array,
 def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: float = 0.0,
                distill_weight: float = 0.0, distill_temperature: float = 1.0
                ) -> tuple[TrainState, dict]:
-    """One SGD step on `batch`; dropout masks come from `rng` folded with the step. The
-    loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0; with
+    """One optimizer step on `batch`; dropout masks come from `rng` folded with the step.
+    The loss is cross-entropy, against labels smoothed by `label_smoothing` if > 0; with
     `distill_weight` w > 0, (1 - w) times that plus w times `distillation_loss` against
     the batch's "teacher_logits" where it has them (computed once per image), else the
     state's teacher's eval-mode logits on the same (augmented) images."""
