@@ -85,7 +85,7 @@ def runs_made_alone(results: Path) -> dict[str, str]:
     return runs
 
 
-def _read_run(run: Path):
+def read_run(run: Path):
     """(config, metrics records) of a finished test-set run; None for a validation run
     or an unfinished one."""
     from jaxmnist.configs import Config
@@ -98,25 +98,25 @@ def _read_run(run: Path):
     return config, metrics
 
 
-def _recipe_key(config) -> str:
+def recipe_key(config) -> str:
     """What the seeds of one recipe share: every field but the seed."""
     return json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"},
                       sort_keys=True)
 
 
 def timing_runs(results: Path) -> dict[str, dict]:
-    """The runs under studies/timing/ made alone (`runs_made_alone`), by `_recipe_key`:
+    """The runs under studies/timing/ made alone (`runs_made_alone`), by `recipe_key`:
     a recipe's run repeated with the machine to itself for its seconds only, where its
     committed seeds shared the cores. {key: {"name", "seconds", "machine"}}."""
     alone = runs_made_alone(results)
     out = {}
     for path in sorted(results.glob("studies/timing/*/config.json")):
         name = path.parent.relative_to(results).as_posix()
-        read = _read_run(path.parent)
+        read = read_run(path.parent)
         if read is None or name not in alone:
             continue
         config, metrics = read
-        out[_recipe_key(config)] = {"name": name, "machine": alone[name],
+        out[recipe_key(config)] = {"name": name, "machine": alone[name],
                                     "seconds": sum(m["seconds"] for m in metrics)}
     return out
 
@@ -127,11 +127,11 @@ def load_groups(results: Path) -> list[dict]:
     timed = timing_runs(results)
     groups: dict[str, dict] = {}
     for run in test_set_runs(results):
-        read = _read_run(run)
+        read = read_run(run)
         if read is None:
             continue  # validation runs and unfinished runs are not frontier points
         config, metrics = read
-        key = _recipe_key(config)
+        key = recipe_key(config)
         group = groups.setdefault(key, {"config": config, "runs": [], "timing": timed.get(key)})
         name = run.relative_to(results).as_posix()
         group["runs"].append({

@@ -91,6 +91,14 @@ def alone() -> dict[str, str]:
     return runs_made_alone(RESULTS)
 
 
+@functools.cache
+def timed_again() -> dict[str, dict]:
+    """The recipes run again alone for their time (studies/timing/), by recipe."""
+    from frontier import timing_runs
+
+    return timing_runs(RESULTS)
+
+
 # --- how a config reads: the fields that matter, in words ------------------------------
 
 def _augmentation(c: dict) -> str:
@@ -178,12 +186,15 @@ def table(header: list[str], rows: list[list]) -> str:
 def _time_alone(runs: list[Path]) -> str:
     """The seconds of the recipe's epochs where a seed was run alone, else where the
     recipe was run again alone for its time (studies/timing/), with the machine."""
-    from frontier import _read_run, _recipe_key, timing_runs
+    from frontier import recipe_key
+
+    from jaxmnist.configs import Config
 
     made_alone = alone()
     timed = [(sum(r["seconds"] for r in load(run)[1]), made_alone[name])
              for run in runs if (name := run.relative_to(RESULTS).as_posix()) in made_alone]
-    if not timed and (again := timing_runs(RESULTS).get(_recipe_key(_read_run(runs[0])[0]))):
+    config = Config.from_dict(load(runs[0])[0])
+    if not timed and (again := timed_again().get(recipe_key(config))):
         timed = [(again["seconds"], again["machine"])]
     if not timed:
         return "not timed alone"
