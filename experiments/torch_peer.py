@@ -21,7 +21,7 @@ from torch import nn
 
 def build(config) -> nn.Sequential:
     """The PyTorch net `jaxmnist.models.Net` builds for `config`."""
-    from jaxmnist.models import BLOCK_KINDS, parse_arch
+    from jaxmnist.models import BLOCK_KINDS, Net, layer_table, parse_arch
 
     layers, channels = [], 1
     block_dropout = config.dropout if config.dropout_at == "blocks" else 0.0
@@ -37,10 +37,10 @@ def build(config) -> nn.Sequential:
             # A shared block: the same conv modules again (parameters() counts them once),
             # a norm of its own each time.
             for _ in range(repeats):
-                norm = (nn.GroupNorm(1, features, eps=1e-5, affine=False)
-                        if config.norm == "layer" else nn.BatchNorm2d(features))
-                relu_bn = [nn.ReLU(), norm]
-                layers += conv + (relu_bn[::-1] if config.bn_before_relu else relu_bn)
+                norm = {"layer": [nn.GroupNorm(1, features, eps=1e-5, affine=False)],
+                        "none": [], "batch": [nn.BatchNorm2d(features)]}[config.norm]
+                act = [nn.Sigmoid() if config.activation == "sigmoid" else nn.ReLU()]
+                layers += conv + (norm + act if config.bn_before_relu else act + norm)
                 layers += [nn.Dropout(block_dropout)] if block_dropout else []
         elif kind == "pool":
             layers.append(nn.MaxPool2d(2))
@@ -53,9 +53,24 @@ def build(config) -> nn.Sequential:
         else:
             layers.append(nn.Conv2d(channels, features, 1, bias=config.bias))
         channels = features
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=config.bias),
-               nn.Flatten(1)]
+    if config.head == "dense":
+        # jaxmnist flattens in (H, W, C) order: the same layer on a channels-last copy
+        size = [layer.output[0] for layer in layer_table(Net(arch=config.arch))][-2]
+        layers += [Permute(0, 2, 3, 1), nn.Flatten(1),
+                   nn.Linear(size * size * channels, 10, bias=config.bias)]
+    else:
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=config.bias),
+                   nn.Flatten(1)]
     return nn.Sequential(*layers)
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
 
 
 def main():

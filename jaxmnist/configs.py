@@ -42,8 +42,11 @@ class Config:
     bn_before_relu: bool = False  # blocks conv -> BN -> ReLU instead of conv -> ReLU -> BN
     # the blocks' normalization: BatchNorm (2 params a channel), or "layer": each image's
     # activations standardised over height, width and channels, no params (PyTorch's
-    # GroupNorm(1, C, affine=False))
-    norm: Literal["batch", "layer"] = "batch"
+    # GroupNorm(1, C, affine=False)); "none": no norm at all
+    norm: Literal["batch", "layer", "none"] = "batch"
+    activation: Literal["relu", "sigmoid"] = "relu"  # every block's nonlinearity
+    # the head: global average pool then a 1x1 conv to 10, or flatten then a dense layer
+    head: Literal["gap", "dense"] = "gap"
     label_smoothing: float = 0.0
     # distillation: a trained run's directory whose eval-mode logits on each training batch
     # are soft targets; the loss is (1 - w)·CE(labels) + w·T²·KL(softmax(teacher/T) ‖
@@ -253,3 +256,45 @@ def teacher() -> Config:
 
 RECIPES = {"default": default, "fast": fast, "micro": micro, "nano": nano, "seed": seed,
            "teacher": teacher, "tiny": tiny}
+
+
+# The seed net taken apart (experiments/basics.py, docs/architecture.md): `default` for
+# BASICS_EPOCHS epochs, with one choice changed at a time. It explains the seed's design
+# and chooses no recipe, so it is measured on the test set.
+BASICS_EPOCHS = 2
+
+
+def basics_base() -> Config:
+    """The study's base: `default` (the seed net, one-cycle to lr 0.1, rotation ±7° and
+    shift ±1 px), cut to BASICS_EPOCHS epochs."""
+    return dataclasses.replace(default(), epochs=BASICS_EPOCHS)
+
+
+# name: (what changed, the fields changed)
+BASICS = {
+    "as-is": ("the net as it is", {}),
+    "no-batchnorm": ("no BatchNorm", {"norm": "none"}),
+    "no-dropout": ("no dropout", {"dropout": 0.0}),
+    "bn-before-relu": ("BatchNorm before ReLU", {"bn_before_relu": True}),
+    "no-transition": ("no 1×1 transition (t8)", {"arch": "c8 c16 c16 p v16 v16 v16 v16"}),
+    "pool-after-1": ("the max-pool after block 1",
+                     {"arch": "c8 p c16 c16 t8 v16 v16 v16 v16"}),
+    "pool-after-5": ("the max-pool after block 5",
+                     {"arch": "c8 c16 c16 t8 v16 v16 p v16 v16"}),
+    "no-pool": ("no max-pool", {"arch": "c8 c16 c16 t8 v16 v16 v16 v16"}),
+    "sigmoid": ("sigmoid in place of ReLU", {"activation": "sigmoid"}),
+    "dense-head": ("flatten + dense head in place of the average pool", {"head": "dense"}),
+    "constant-lr-0.01": ("constant lr 0.01", {"schedule": "constant", "lr": 0.01}),
+    "constant-lr-0.04": ("constant lr 0.04 (the seed's)", {"schedule": "constant", "lr": 0.04}),
+    "constant-lr-0.1": ("constant lr 0.1", {"schedule": "constant", "lr": 0.1}),
+    "batch-32": ("batch 32", {"batch_size": 32}),
+    "batch-512": ("batch 512", {"batch_size": 512}),
+    "no-augmentation": ("no augmentation", {"rotate_degrees": 0.0, "shift_pixels": 0.0}),
+}
+
+
+def basics_config(name: str) -> Config:
+    """The study's config for variant `name` (a key of BASICS)."""
+    if name not in BASICS:
+        raise KeyError(f"no variant {name!r} of the basics study (one of {sorted(BASICS)})")
+    return dataclasses.replace(basics_base(), **BASICS[name][1])

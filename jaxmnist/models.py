@@ -27,7 +27,12 @@ blocks and puts it after each pool instead; `bn_before_relu=True` makes every bl
 conv -> BatchNorm -> ReLU (-> Dropout), the more common order, with the same params;
 `norm="layer"` puts a norm without parameters where each block's BatchNorm is: each
 image's activations standardised over height, width and channels together (PyTorch's
-`GroupNorm(1, C, affine=False)`; -2N params a block, the same in training and eval).
+`GroupNorm(1, C, affine=False)`; -2N params a block, the same in training and eval);
+`norm="none"` leaves the blocks without a norm (-2N params a block).
+`activation="sigmoid"` puts Part A's sigmoid where every block's ReLU is.
+`head="dense"` replaces the global average pool by a flatten and a dense layer to the
+10 logits (H·W·C·10 params, + 10 with `bias`; PyTorch's `Flatten` + `Linear`, in that
+order of H, W, C).
 Parameter counts are PyTorch's: weights, biases and BatchNorm's scale and offset; not
 its running statistics.
 
@@ -78,11 +83,12 @@ class Layer(NamedTuple):
     repeats: int = 1  # a block applied this many times with shared conv weights
 
 
-def parse_arch(arch: str) -> list[Layer]:
+def parse_arch(arch: str, size: int = 28) -> list[Layer]:
     """`arch` -> [Layer(kind, name, features, repeats)], with the layer names the module
-    gives them; checks that the image never shrinks below 1x1, that `s` halves an even
-    size and that a shared block (`xK`) gets the channels it gives."""
-    layers, blocks, transitions, size, channels = [], 0, 0, 28, 1
+    gives them; checks, for `size` x `size` images, that no layer is given a map it
+    cannot take (a pool or valid conv that would leave less than 1x1, `s` on an odd
+    size) and that a shared block (`xK`) gets the channels it gives."""
+    layers, blocks, transitions, channels = [], 0, 0, 1
     tokens = arch.split()
     if not tokens:
         raise ArchError("empty architecture")
@@ -118,21 +124,25 @@ def parse_arch(arch: str) -> list[Layer]:
             name = "transition" if transitions == 1 else f"transition{transitions}"
         else:
             name = kind
+        where = f"{token!r} (layer {len(layers) + 1})"
         if kind == "space_to_depth" and size % 2:
-            raise ArchError(f"{arch!r}: 's' needs an even image size, got {size}x{size}")
-        if kind.endswith("valid"):
-            size -= 2 * repeats
-        elif kind in _NO_FEATURES:
-            size //= 2
-        if size < 1:
-            raise ArchError(f"{arch!r}: the image shrinks to nothing at {token!r}")
+            raise ArchError(f"{where} needs an even image size, gets {size}x{size}")
+        if kind.endswith("valid") and size - 2 * repeats < 1:
+            raise ArchError(f"{where} shrinks the {size}x{size} map it gets below 1x1 "
+                            "(a valid 3x3 conv takes 2 pixels off)")
+        if kind == "pool" and size < 2:
+            raise ArchError(f"{where} pools a {size}x{size} map (a 2x2 pool needs 2x2 or more)")
+        size = size - 2 * repeats if kind.endswith("valid") else size
+        size = size // 2 if kind in _NO_FEATURES else size
         channels = {"pool": channels, "space_to_depth": 4 * channels}.get(kind, features)
         layers.append(Layer(kind, name, features, repeats))
     return layers
 
 
 DROPOUT_AT = ("blocks", "pools")
-NORMS = ("batch", "layer")
+NORMS = ("batch", "layer", "none")
+ACTIVATIONS = ("relu", "sigmoid")
+HEADS = ("gap", "dense")
 
 
 def space_to_depth(x: jax.Array) -> jax.Array:
@@ -149,6 +159,7 @@ class ConvBlock(nn.Module):
     3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
     nonlinearity between (as Xception's separable convs). `norm="layer"`: a norm
     without parameters (each image standardised over H, W and C) in BatchNorm's place.
+    `norm="none"`: no norm. `activation="sigmoid"`: a sigmoid in the ReLU's place.
     `repeats` > 1: the block applied that many times with the same conv, each time
     with its own norm (bn1, bn2, ... or ln1, ln2, ...) and dropout."""
 
@@ -161,6 +172,7 @@ class ConvBlock(nn.Module):
     separable: bool = False
     repeats: int = 1
     norm: str = "batch"
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -184,10 +196,13 @@ class ConvBlock(nn.Module):
                 self.features, (3, 3), padding=self.padding, use_bias=self.bias,
                 kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * channels),
                 name="conv")
+        act = nn.sigmoid if self.activation == "sigmoid" else nn.relu
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
             x = conv(x)
-            if self.norm == "layer":
+            if self.norm == "none":
+                norm = lambda x: x  # noqa: E731
+            elif self.norm == "layer":
                 # One group of all the channels, no scale or offset: PyTorch's
                 # GroupNorm(1, C, affine=False), eps 1e-5.
                 norm = nn.GroupNorm(num_groups=1, epsilon=1e-5, use_bias=False,
@@ -197,7 +212,7 @@ class ConvBlock(nn.Module):
                 norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
                     use_running_average=not train, momentum=0.9, epsilon=1e-5,
                     name=f"bn{suffix}")
-            x = nn.relu(norm(x)) if self.bn_before_relu else norm(nn.relu(x))
+            x = act(norm(x)) if self.bn_before_relu else norm(act(x))
             x = _dropout(x, self.dropout_rate, self.fast, train, f"dropout{suffix}")
         return x
 
@@ -223,7 +238,8 @@ class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
     `arch` is the layer string (module docstring; default: the seed net); `bias`,
-    `dropout_at`, `bn_before_relu` and `norm` are the switches described there.
+    `dropout_at`, `bn_before_relu`, `norm`, `activation` and `head` are the switches
+    described there.
     `fast=True` uses the layers of `jaxmnist.kernels` (same maths, faster on CPU);
     `fast=False` uses plain `nn.BatchNorm`, `nn.max_pool`, `nn.Dropout` and a grouped
     `nn.Conv` for the depthwise convs. Both have the same variables; they give the same
@@ -237,21 +253,24 @@ class Net(nn.Module):
     dropout_at: str = "blocks"
     bn_before_relu: bool = False
     norm: str = "batch"
+    activation: str = "relu"
+    head: str = "gap"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if self.dropout_at not in DROPOUT_AT:
-            raise ValueError(f"dropout_at must be one of {DROPOUT_AT}, got {self.dropout_at!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        for name, choices in (("dropout_at", DROPOUT_AT), ("norm", NORMS),
+                              ("activation", ACTIVATIONS), ("head", HEADS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got "
+                                 f"{getattr(self, name)!r}")
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
-        for kind, name, features, repeats in parse_arch(self.arch):
+        for index, (kind, name, features, repeats) in enumerate(parse_arch(self.arch), 1):
             if kind in BLOCK_KINDS:
                 padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"), repeats,
-                              self.norm, name=name)(x, train)
+                              self.norm, self.activation, name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)
@@ -264,6 +283,12 @@ class Net(nn.Module):
                 x = space_to_depth(x)
             else:
                 x = self._conv1x1(x, features, name)
+            if not self.is_initializing():  # kept only where asked for (`layer_outputs`)
+                self.sow("layers", f"layer{index}", x)
+        if self.head == "dense":  # flatten (H, W, C order) and a dense layer
+            x = x.reshape(x.shape[0], -1)
+            return nn.Dense(10, use_bias=self.bias, kernel_init=torch_conv_init,
+                            bias_init=torch_conv_bias_init(x.shape[-1]), name="head")(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
         x = self._conv1x1(x, 10, "head")
         return x.reshape(x.shape[0], 10)
@@ -278,18 +303,94 @@ def count_params(params) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
-def summary(model: Net, variables) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer name, output shape, trainable params) for each layer with parameters: the
-    blocks, the transitions (shown after the pool before them, if any) and the head."""
-    # Shapes only: nothing is computed or compiled.
-    apply = functools.partial(model.apply, train=False, capture_intermediates=True,
-                              mutable=["intermediates"])
-    _, state = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-    inter = state["intermediates"]
-    names = [layer.name for layer in parse_arch(model.arch) if layer.kind not in _NO_FEATURES]
-    names.append("head")
+def layer_outputs(model: Net, variables, images: jax.Array
+                  ) -> tuple[jax.Array, list[jax.Array]]:
+    """(logits, each layer's output) for `images` (N, H, W, 1), eval mode: one array per
+    layer of `model.arch` (the rows of `layer_table` but the head), each (N, H', W', C')."""
+    logits, state = model.apply(variables, images, train=False, mutable=["layers"])
+    layers = state["layers"]
+    return logits, [layers[f"layer{k}"][-1] for k in range(1, len(layers) + 1)]
+
+
+class Row(NamedTuple):
+    """One row of `layer_table`: a layer, what it outputs and what one of its units sees."""
+
+    name: str  # block1, ..., pool, transition, space_to_depth, head
+    token: str  # the arch token it comes from ("gap" or "dense" for the head)
+    output: tuple[int, ...]  # (H, W, C) for one image; (10,) for the head
+    params: int  # trainable, PyTorch's count (weights, biases, BatchNorm scale and offset)
+    field: int  # receptive field: one output unit sees field x field input pixels
+    jump: int  # input pixels between neighbouring output units (the head: 0, one unit)
+    madds: int  # multiply-adds per image (convs and the head; pools, norms, ReLUs: none)
+    sees: tuple[int, int]  # the first and last input row (= column) its units see together
+    start: float  # the input row (= column) at the centre of the first unit's window
+
+    def window(self, unit: int) -> tuple[int, int]:
+        """The first and last input row (= column) that unit `unit` (a row or column
+        index of the output) sees; they may lie outside the image (its padding)."""
+        first = int(self.start + unit * self.jump - (self.field - 1) / 2)
+        return first, first + self.field - 1
+
+
+def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
+    """A row for every layer of `model.arch`, pools and space-to-depth included, then
+    the head, for `size` x `size` images. `variables` (default: the model's shapes, by
+    `jax.eval_shape`: nothing is computed) give the params.
+
+    The receptive field is the arithmetic of strides, read from `parse_arch`'s layers.
+    A unit of a layer sees `field` input pixels a side, and units one apart see windows
+    `jump` pixels apart. A k x k conv adds (k - 1) of the jumps of its input, once per
+    application; a 2x2 pool or space-to-depth adds one jump and doubles it; a 1x1 conv
+    changes neither. `start` is the input row at the centre of the first unit's window
+    (a valid conv moves it one jump in, a pool half a jump). The head's average pool
+    sees every unit of the last layer, so its field runs from the first unit's window
+    to the last's; `sees` says which input rows a layer's units cover together, the
+    whole image when (0, size - 1)."""
+    if variables is None:
+        variables = jax.eval_shape(functools.partial(model.init, train=False),
+                                   jax.random.key(0),
+                                   jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32))
+    params = variables["params"]
+    tokens = model.arch.split()
+    image = size
+    field, jump, start, channels = 1, 1, 0.0, 1
     rows = []
-    for name in names:
-        shape = (10,) if name == "head" else tuple(inter[name]["__call__"][0].shape[1:])
-        rows.append((name, shape, count_params(variables["params"][name])))
+
+    def seen(width):  # the input rows from the first unit's window to the last one's
+        first = start - (field - 1) / 2
+        return (max(0, int(first)), min(image - 1, int(first + (width - 1) * jump + field - 1)))
+
+    for token, (kind, name, features, repeats) in zip(tokens, parse_arch(model.arch, size)):
+        if kind in BLOCK_KINDS:
+            valid = kind.endswith("valid")
+            per_pixel = (9 * channels + channels * features if kind.startswith("separable")
+                         else 9 * channels * features)
+            madds = 0
+            for _ in range(repeats):
+                start += jump if valid else 0  # a valid conv's first unit is one in
+                field += 2 * jump  # a 3x3 conv: (3 - 1) jumps more
+                size -= 2 if valid else 0
+                madds += size * size * per_pixel
+        elif kind in ("pool", "space_to_depth"):
+            start += jump / 2  # the centre of a 2x2 window, half a jump in
+            field += jump
+            jump *= 2
+            size //= 2
+            features = channels * (4 if kind == "space_to_depth" else 1)
+            madds = 0
+        else:  # a transition: a 1x1 conv
+            madds = size * size * channels * features
+        rows.append(Row(name, token, (size, size, features), count_params(params.get(name, {})),
+                        field, jump, madds, seen(size), start))
+        channels = features
+    # The head: the average pool (or the dense layer) sees every unit of the last layer.
+    head_in = channels if model.head == "gap" else size * size * channels
+    rows.append(Row("head", model.head, (10,), count_params(params["head"]),
+                    field + (size - 1) * jump, 0, head_in * 10, seen(size),
+                    start + (size - 1) * jump / 2))
     return rows
+
+
+def totals(rows: list[Row]) -> tuple[int, int]:
+    """(params, multiply-adds per image) of a `layer_table`."""
+    return sum(r.params for r in rows), sum(r.madds for r in rows)

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxmnist import data, files
 from jaxmnist.cli import ArgumentParser, log_to_stderr, print_error, quiet_libraries, report
+from jaxmnist.inside import Inside, plot
 from jaxmnist.rundir import load_trained
 
 MAX_PIXELS = 40_000_000  # larger images are refused rather than decoded
@@ -142,12 +143,22 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog=prog, description="Classify digit images with a trained run.")
     p.add_argument("--run", required=True, help="a training run directory (e.g. runs/default)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--layers", metavar="OUT.png",
+                   help="also draw what each block sees of the (one) image: its channels "
+                        "and each block's receptive field")
     args = p.parse_args(argv)
+    if args.layers and len(args.images) != 1:
+        p.error(f"--layers draws one image, got {len(args.images)}")
+    if args.layers and Path(args.layers).suffix.lower() != ".png":
+        p.error(f"--layers writes a PNG: give a name ending in .png, got {args.layers!r}")
 
     try:
-        classify = Classifier.from_run(args.run)
+        model, variables = load_trained(args.run)
     except ValueError as e:  # not a trained run directory
         return report(prog, e)
+    if args.layers:
+        return draw_layers(prog, Inside(model, variables), args.images[0], args.layers)
+    classify = Classifier(model, variables)
 
     failed = False
     for path in args.images:
@@ -161,6 +172,23 @@ def main(argv=None) -> int:
         ranked = ", ".join(f"{d}: {probs[d]:.3f}" for d in top)
         print(f"{path}: {top[0]}  ({ranked})")
     return 2 if failed else 0
+
+
+def draw_layers(prog: str, inside: Inside, path: str, out: str) -> int:
+    """`--layers`: the picture of what each block sees of the image at `path`."""
+    try:
+        image = load_image(path)
+    except ImageError as e:
+        print_error(prog, f"{path}: {e}")
+        return 2
+    seen = inside(image)
+    try:
+        plot(image, seen, out, title=Path(path).name)
+    except files.WriteError as e:
+        return report(prog, e)
+    top = int(np.argmax(seen.probabilities))
+    print(f"{path}: {top}  ({seen.probabilities[top]:.3f}); what each block sees: {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from jaxmnist.cli import (
     report,
     whole_number,
 )
-from jaxmnist.models import count_params, summary
+from jaxmnist.models import count_params, layer_table, totals
 from jaxmnist.train import TrainingDiverged, train_and_evaluate
 
 PROG = "python -m jaxmnist.train"
@@ -66,13 +66,30 @@ def config_from_args(args) -> configs.Config:
     return dataclasses.replace(configs.RECIPES[args.recipe](), **overrides)
 
 
+def table_lines(rows, image: int = 28) -> list[str]:
+    """`models.layer_table`'s rows as the text table `--summary` prints: the head's field
+    is the part of the image its pool (or dense layer) sees."""
+    lines = [f"{'layer':<15} {'output':<9} {'params':>7} {'field':>7} {'jump':>4} "
+             f"{'mult-adds':>10}"]
+    for r in rows:
+        n = r.sees[1] - r.sees[0] + 1 if r.name == "head" else r.field
+        lines.append(f"{r.name + ' ' + r.token:<15} {'x'.join(map(str, r.output)):<9} "
+                     f"{r.params:>7,} {f'{n}x{n}':>7} {r.jump or '':>4} {r.madds:>10,}")
+    params, madds = totals(rows)
+    lines.append(f"{'total':<15} {'':<9} {params:>7,} {'':>7} {'':>4} {madds:>10,}")
+    first, last = rows[-1].sees
+    seen = ("the whole image" if (first, last) == (0, image - 1)
+            else f"rows and columns {first}-{last} of the {image}x{image} image, not all of it")
+    lines += ["field: the input pixels one unit sees; jump: the input pixels between "
+              "neighbouring units.",
+              f"The last layer's units see {rows[-2].field}x{rows[-2].field}; the head's "
+              f"{'average pool' if rows[-1].token == 'gap' else 'dense layer'} sees {seen}."]
+    return lines
+
+
 def print_summary(config: configs.Config) -> None:
     """The layer table; and the teacher, loaded (a ConfigError if it cannot be)."""
-    variables = steps.variable_shapes(config)
-    print(f"{'layer':<12} {'output':<14} {'params':>8}")
-    for name, shape, n in summary(steps.make_model(config), variables):
-        print(f"{name:<12} {'x'.join(map(str, shape)):<14} {n:>8,}")
-    print(f"{'total':<12} {'':<14} {count_params(variables['params']):>8,}")
+    print("\n".join(table_lines(layer_table(steps.make_model(config)))))
     teacher = rundir.load_teacher(config)
     if teacher is not None:
         model, teacher_variables = teacher

@@ -6,8 +6,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist.models import NUM_PARAMS, SEED_ARCH, ArchError, Net, count_params, parse_arch, summary
+from jaxmnist.models import (
+    NUM_PARAMS,
+    SEED_ARCH,
+    ArchError,
+    Net,
+    count_params,
+    layer_table,
+    parse_arch,
+)
 from tests.conftest import REPO
+
+
+def summary(model, variables):
+    """(name, output, params) of the layers with parameters: blocks, transitions, head."""
+    return [(r.name, r.output, r.params) for r in layer_table(model, variables)
+            if r.token not in ("p", "s")]
 
 
 def init(model=None, batch=2):
@@ -119,11 +133,13 @@ def test_odd_sizes_pool_like_pytorch():
 
 @pytest.mark.parametrize("arch, message", [
     ("", "empty"), ("c8 x3", "unknown layer 'x3'"), ("c0", "positive number"),
-    ("cc", "positive number"), ("pp", "unknown layer"), ("p p p p p", "shrinks to nothing"),
-    ("s4", "unknown layer 's4'"), ("p p s", "even image size, got 7x7"),
+    ("cc", "positive number"), ("pp", "unknown layer"),
+    ("p p p p p", r"'p' \(layer 5\) pools a 1x1 map"),
+    ("s4", "unknown layer 's4'"), ("p p s", r"'s' \(layer 3\) needs an even image size, gets 7x7"),
     ("d8", "unknown layer 'd8'"), ("dc0", "positive number of channels after 'dc'"),
-    ("dp", "unknown layer 'dp'"), ("v4 " * 14, "shrinks to nothing"),
-    ("dv4 " * 14, "shrinks to nothing"),
+    ("dp", "unknown layer 'dp'"),
+    ("v4 " * 14, r"'v4' \(layer 14\) shrinks the 2x2 map it gets below 1x1"),
+    ("dv4 " * 14, r"'dv4' \(layer 14\) shrinks the 2x2 map"),
 ])
 def test_bad_architectures_are_refused(arch, message):
     with pytest.raises(ArchError, match=message):
@@ -308,7 +324,8 @@ def test_a_shared_block_is_the_unshared_blocks_with_equal_convs(fast):
     ("c8 c16x3", "a shared block needs 16 channels in, got 8"),
     ("c8x1", "a count of 2 or more after 'x'"), ("c8 c8x", "a count of 2 or more"),
     ("c8 c8xx2", "a count of 2 or more"), ("c8 t8x2", "only a block"),
-    ("v8 v8x20", "shrinks to nothing"), ("cx2", "positive number of channels"),
+    ("v8 v8x20", r"'v8x20' \(layer 2\) shrinks the 26x26 map it gets below 1x1"),
+    ("cx2", "positive number of channels"),
 ])
 def test_bad_shared_blocks_are_refused(arch, message):
     with pytest.raises(ArchError, match=message):
@@ -316,7 +333,8 @@ def test_bad_shared_blocks_are_refused(arch, message):
 
 
 @pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2", SEED_ARCH])
-@pytest.mark.parametrize("bias, norm", [(False, "batch"), (True, "batch"), (True, "layer")])
+@pytest.mark.parametrize("bias, norm", [(False, "batch"), (True, "batch"), (True, "layer"),
+                                        (False, "none")])
 def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm):
     torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
     import importlib.util
@@ -344,3 +362,39 @@ def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm
             np.asarray(block["ln"]["__call__"][0]),
             theirs(torch.from_numpy(relu).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy(),
             atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_pytorch_peer_without_norm_with_sigmoids_and_a_dense_head_computes_the_same(bias):
+    torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
+    import importlib.util
+
+    from jaxmnist.configs import Config
+
+    spec = importlib.util.spec_from_file_location("torch_peer",
+                                                  REPO / "experiments" / "torch_peer.py")
+    torch_peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(torch_peer)
+    config = Config(arch="c4 p v6", bias=bias, norm="none", activation="sigmoid", head="dense",
+                    dropout=0.0)
+    net = torch_peer.build(config).eval()
+    model = Net(arch=config.arch, bias=bias, norm="none", activation="sigmoid", head="dense",
+                dropout_rate=0.0)
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    assert sum(p.numel() for p in net.parameters()) == count_params(params) == (
+        (9 * 4 + 9 * 4 * 6 + 12 * 12 * 6 * 10) + bias * (4 + 6 + 10))
+    # jaxmnist's weights into the peer: HWIO kernels to OIHW, the dense kernel transposed.
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)][0]
+    with torch.no_grad():
+        for conv, name in zip(convs, ["block1", "block2"]):
+            conv.weight.copy_(torch.from_numpy(
+                np.asarray(params[name]["conv"]["kernel"]).transpose(3, 2, 0, 1).copy()))
+            if bias:
+                conv.bias.copy_(torch.from_numpy(np.array(params[name]["conv"]["bias"])))
+        linear.weight.copy_(torch.from_numpy(np.asarray(params["head"]["kernel"]).T.copy()))
+        if bias:
+            linear.bias.copy_(torch.from_numpy(np.array(params["head"]["bias"])))
+        theirs = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(theirs, model.apply({"params": params}, x), atol=1e-5)

@@ -171,3 +171,46 @@ def test_the_command_line_in_a_process_of_its_own(mnist_test_digits, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{path}: {int(mnist_test_digits[1][0])}  (")
+
+
+def test_layers_draws_what_each_block_sees_of_one_digit(mnist_test_digits, tmp_path,
+                                                        run_predict):
+    from jaxmnist.inside import Inside, centre_window
+    from jaxmnist.rundir import load_trained
+
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist_test_digits[0][0]).save(path)
+    out = tmp_path / "layers.png"
+    r = run_predict("--run", str(RUN), str(path), "--layers", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{path}: {int(mnist_test_digits[1][0])}  (")
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.width > picture.height > 300
+    # What the picture shows: every block's channels, and each centre unit's field.
+    seen = Inside(*load_trained(RUN))(mnist_test_digits[0][0] / 255.0)
+    blocks = seen.blocks()
+    assert [row.token for row, _ in blocks] == "c8 c16 c16 v16 v16 v16 v16".split()
+    assert [out.shape for _, out in blocks] == [row.output for row, _ in blocks]
+    assert centre_window(blocks[-1][0]) == (3, 3, 24)  # of 6x6, unit 3: rows 3-26
+    assert centre_window(blocks[0][0]) == (13, 13, 3)
+    np.testing.assert_allclose(seen.probabilities.sum(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["y.png", "--layers", "out.png"], "--layers draws one image, got 2"),
+    (["--layers", "out.jpg"], "--layers writes a PNG: give a name ending in .png, got 'out.jpg'"),
+])
+def test_layers_refuses_bad_arguments_before_reading_the_run(extra, message, tmp_path,
+                                                               run_predict):
+    r = run_predict("--run", str(tmp_path / "nowhere"), "x.png", *extra)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_layers_into_a_folder_that_does_not_exist_is_one_line(mnist_test_digits, tmp_path,
+                                                              run_predict):
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist_test_digits[0][0]).save(path)
+    r = run_predict("--run", str(RUN), str(path), "--layers", str(tmp_path / "no" / "l.png"))
+    assert r.returncode == 1 and "cannot write" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "no").exists()

@@ -1,0 +1,78 @@
+"""The seed net taken apart: `configs.BASICS`, each variant of `configs.basics_base()`
+(the `default` recipe cut to `configs.BASICS_EPOCHS` epochs) with one choice changed,
+trained on the test set for seeds 0, 1, 2.
+
+    python experiments/basics.py [--seeds 0,1,2] [--only NAME,...] [--data-dir DIR]
+
+Runs go to experiments/results/studies/basics/<variant>-seed<N>, seed 0 of every variant
+first, then seed 1, then seed 2 (a study cut short still covers every variant). A run
+whose metrics are complete is skipped; one cut short is resumed. Each run's checkpoints
+are deleted once it is complete (the study keeps config, metrics and curves). Run it in
+the background (`nohup python experiments/basics.py > basics.log 2>&1 &`); the table
+is `python experiments/summarize.py` (docs/architecture.md).
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from jaxmnist import configs, rundir
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "experiments" / "results" / "studies" / "basics"
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}"
+
+
+def complete(run_dir: Path, epochs: int) -> bool:
+    return (run_dir / "metrics.jsonl").exists() and len(rundir.read_metrics(run_dir)) >= epochs
+
+
+def flags(config: configs.Config) -> list[str]:
+    """The `jaxmnist.train` flags that give `config` from the default recipe."""
+    base, out = configs.default(), []
+    for name, value in config.to_dict().items():
+        if value == getattr(base, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--only", help="comma-separated variants (default: all)")
+    p.add_argument("--data-dir")
+    args = p.parse_args()
+    variants = args.only.split(",") if args.only else list(configs.BASICS)
+    for seed in map(int, args.seeds.split(",")):
+        for variant in variants:
+            config = configs.basics_config(variant)
+            run_dir = RUNS / run_name(variant, seed)
+            if complete(run_dir, config.epochs):
+                continue
+            command = [sys.executable, "-m", "jaxmnist.train", "--recipe", "default",
+                       "--no-progress", "--out", str(RUNS), "--name", run_name(variant, seed),
+                       *flags(config), "--seed", str(seed)]
+            if args.data_dir:
+                command += ["--data-dir", args.data_dir]
+            if (run_dir / "checkpoints").is_dir():
+                command.append("--resume")
+            elif run_dir.exists():
+                shutil.rmtree(run_dir)  # a run that wrote no checkpoint: start it again
+            print(" ".join(command[1:]), flush=True)
+            subprocess.run(command, check=True, cwd=ROOT)
+            shutil.rmtree(run_dir / "checkpoints")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
