@@ -54,16 +54,17 @@ def load(run: Path) -> tuple[dict, list[dict]]:
 
 
 @functools.cache
-def params(arch: str, bias: bool = False, norm: str = "batch") -> int:
+def params(arch: str, bias: bool = False, norm: str = "batch", head: str = "gap") -> int:
     from jaxmnist.configs import Config
     from jaxmnist.models import count_params
     from jaxmnist.steps import variable_shapes
 
-    return count_params(variable_shapes(Config(arch=arch, bias=bias, norm=norm))["params"])
+    return count_params(variable_shapes(Config(arch=arch, bias=bias, norm=norm,
+                                               head=head))["params"])
 
 
 def params_of(config: dict) -> int:
-    return params(config["arch"], config["bias"], config["norm"])
+    return params(config["arch"], config["bias"], config["norm"], config["head"])
 
 
 def accuracy(run: Path, epoch: int = -1) -> float:
@@ -149,7 +150,10 @@ def _optimizer(c: dict) -> str:
 ASPECTS = [
     ("net", lambda c: f"`{c['arch']}`" + (", conv biases" if c.get("bias") else "")
      + (", BatchNorm before ReLU" if c.get("bn_before_relu") else "")
-     + (", layer norm" if c.get("norm") == "layer" else "")),
+     + (", layer norm" if c.get("norm") == "layer" else "")
+     + (", no norm" if c.get("norm") == "none" else "")
+     + (", sigmoid" if c.get("activation") == "sigmoid" else "")
+     + (", dense head" if c.get("head") == "dense" else "")),
     ("epochs", lambda c: f"{c['epochs']} epochs"),
     ("schedule", _schedule),
     ("optimizer", _optimizer),
@@ -400,15 +404,22 @@ def excerpt(spec: str) -> str:
 
 
 def layer_table(recipe: str) -> str:
+    """The recipe's net, layer by layer: `models.layer_table` (as `--summary` prints it)."""
     from jaxmnist import configs, steps
-    from jaxmnist.models import count_params, summary
+    from jaxmnist.models import layer_table as rows_of
+    from jaxmnist.models import totals
 
-    config = configs.RECIPES[recipe]()
-    variables = steps.variable_shapes(config)
-    rows = [[name, "×".join(map(str, shape)), f"{n:,}"]
-            for name, shape, n in summary(steps.make_model(config), variables)]
-    rows.append(["total", "", f"**{count_params(variables['params']):,}**"])
-    return table(["layer", "output", "params"], rows)
+    rows = rows_of(steps.make_model(configs.RECIPES[recipe]()))
+    out = []
+    for r in rows:
+        n = r.sees[1] - r.sees[0] + 1 if r.name == "head" else r.field
+        out.append([f"{r.name} `{r.token}`", "×".join(map(str, r.output)), f"{r.params:,}",
+                    f"{n}×{n}" + (" (all)" if r.name == "head" and n == 28 else ""),
+                    r.jump or "", f"{r.madds:,}"])
+    params, madds = totals(rows)
+    out.append(["total", "", f"**{params:,}**", "", "", f"{madds:,}"])
+    return table(["layer", "output", "params", "receptive field", "jump", "multiply-adds"],
+                 out)
 
 
 TABLES = {

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import configs, data, parallel, rundir, steps, train, train_cli
+from jaxmnist import configs, data, parallel, rundir, steps, train
+from jaxmnist.train import __main__ as train_cli
 from jaxmnist.models import Net, count_params
 from tests.conftest import run_in_process
 

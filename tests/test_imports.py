@@ -8,47 +8,50 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxmnist"
 
 
-def _is_main_block(node: ast.AST) -> bool:
-    """`if __name__ == "__main__":`: what runs only when the file is the program."""
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+def _names(dotted: str, modules: set[str]) -> set[str]:
+    """The package's modules that importing jaxmnist.`dotted` loads: it and its parents
+    (importing train.__main__ runs train's __init__ first)."""
+    parts = dotted.split(".")
+    return {".".join(parts[:k]) for k in range(1, len(parts) + 1)} & modules
 
 
 def imported_modules(path: Path, modules: set[str]) -> set[str]:
     """The jaxmnist modules `path` imports anywhere: at the top, inside functions and
-    classes, but not in its `__main__` block (which runs only as the program, after its
-    module is complete, so cannot close a cycle)."""
+    classes, and in its `if __name__ == "__main__":` block too."""
     found = set()
-
-    def visit(node):
-        if _is_main_block(node):
-            return
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names
-                         if a.name.startswith("jaxmnist."))
+            for a in node.names:
+                if a.name.startswith("jaxmnist."):
+                    found |= _names(a.name.removeprefix("jaxmnist."), modules)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from .x import y
-                base = node.module.split(".")[0] if node.module else None
-            elif node.module == "jaxmnist":
-                base = None
+            if node.level or node.module == "jaxmnist":  # from jaxmnist import x, y
+                for a in node.names:
+                    found |= _names(a.name, modules)
             elif node.module and node.module.startswith("jaxmnist."):
-                base = node.module.split(".")[1]
-            else:
-                base = ""
-            if base is None:
-                found.update(a.name for a in node.names if a.name in modules)
-            elif base:
-                found.add(base)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
+                base = node.module.removeprefix("jaxmnist.")
+                found |= _names(base, modules)
+                for a in node.names:  # from jaxmnist.train import __main__
+                    found |= _names(f"{base}.{a.name}", modules) - _names(base, modules)
     return found & modules
 
 
+def module_files() -> dict[str, Path]:
+    """Each module of the package by its dotted name under jaxmnist (a package by its
+    own name, for its __init__.py)."""
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            files[".".join(parts)] = path
+    return files
+
+
 def import_graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    return {m: imported_modules(PACKAGE / f"{m}.py", modules) - {m} for m in sorted(modules)}
+    files = module_files()
+    return {m: imported_modules(path, set(files)) - {m} for m, path in sorted(files.items())}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -73,10 +76,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"train", "steps", "parallel", "rundir", "train_cli"} <= set(graph)
+    assert {"train", "train.__main__", "steps", "parallel", "rundir"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
     # The state and steps import neither the loop, the mesh, the run directory nor a CLI.
-    assert not graph["steps"] & {"train", "parallel", "rundir", "train_cli", "cli"}
+    assert not graph["steps"] & {"train", "parallel", "rundir", "train.__main__", "cli"}
+    # The loop imports no command line; its command line imports the loop.
+    assert not graph["train"] & {"train.__main__", "cli"}
+    assert "train" in graph["train.__main__"]
 
 
 def test_the_cycle_finder_finds_a_cycle_the_walk_would_see(tmp_path):
@@ -85,19 +91,23 @@ def test_the_cycle_finder_finds_a_cycle_the_walk_would_see(tmp_path):
     (tmp_path / "x.py").write_text(
         "from jaxmnist import y\n"
         "def f():\n    from jaxmnist.z import g\n"
-        "if __name__ == '__main__':\n    import jaxmnist.w\n")
-    assert imported_modules(tmp_path / "x.py", {"y", "z", "w"}) == {"y", "z"}
+        "if __name__ == '__main__':\n    import jaxmnist.w\n"
+        "from jaxmnist.p import __main__\n")
+    assert imported_modules(tmp_path / "x.py", {"y", "z", "w", "p", "p.__main__"}) == {
+        "y", "z", "w", "p", "p.__main__"}
 
 
-def test_python_m_jaxmnist_train_executes_the_loop_module_once():
-    # With the file run as __main__, a second import of jaxmnist.train would execute it
-    # again (and the process would hold two TrainingDiverged classes): -X importtime
-    # lists every module imported.
+def test_no_module_registers_itself_in_sys_modules():
+    for path in module_files().values():
+        assert "sys.modules[" not in path.read_text() and "sys.modules.setdefault" not in (
+            path.read_text()), path
+
+
+def test_python_m_jaxmnist_train_imports_the_loop_once_and_runs_its_command_line():
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "jaxmnist.train", "--summary",
                         "--recipe", "tiny"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "total" in r.stdout and "3,622" in r.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
                 if line.startswith("import time:")]
-    assert "jaxmnist.steps" in imported and "jaxmnist.train_cli" in imported
-    assert "jaxmnist.train" not in imported
+    assert imported.count("jaxmnist.train") == 1 and "jaxmnist.steps" in imported

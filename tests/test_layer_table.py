@@ -104,7 +104,7 @@ def test_a_dense_head_and_a_head_that_misses_part_of_the_image():
 
 
 def test_summary_prints_the_table_for_every_recipe(capsys):
-    from jaxmnist.train_cli import main
+    from jaxmnist.train.__main__ import main
 
     for recipe in configs.RECIPES:
         if configs.RECIPES[recipe]().teacher:

@@ -11,7 +11,8 @@ import time
 import chex
 import pytest
 
-from jaxmnist import rundir, train_cli
+from jaxmnist import rundir
+from jaxmnist.train import __main__ as train_cli
 
 from .test_train import metrics_of, train_process
 

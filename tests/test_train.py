@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import configs, kernels, rundir, steps, train, train_cli
+from jaxmnist import configs, kernels, rundir, steps, train
+from jaxmnist.train import __main__ as train_cli
 from tests.conftest import run_in_process
 
 # Short runs on the synthetic splits: 8 steps of 128 an epoch, 500 images to evaluate,
@@ -336,7 +337,7 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(beta2=0.9), "beta2 is Adam's: needs optimizer 'adam', got 'sgd'"),
     (dict(beta2=1.0, optimizer="adam"), "beta2 must be in [0, 1), got 1.0"),
     (dict(nesterov=True, optimizer="adam"), "nesterov is SGD's: needs optimizer 'sgd'"),
-    (dict(norm="group"), "norm must be 'batch' or 'layer', got 'group'"),
+    (dict(norm="group"), "norm must be 'batch' or 'layer' or 'none', got 'group'"),
 ])
 def test_a_config_names_the_value_it_cannot_have(values, message):
     with pytest.raises(configs.ConfigError) as e:
@@ -437,7 +438,8 @@ def test_offline_without_a_local_copy_is_one_line(capsys, tmp_path, monkeypatch)
 def test_summary_prints_the_layer_table(capsys):
     code, out, _ = run_main(capsys, "--summary")
     assert code == 0
-    assert "block7       6x6x16" in out and "12,088" in out.splitlines()[-1]
+    total = [line for line in out.splitlines() if line.startswith("total")]
+    assert "block7 v16      6x6x16" in out and "12,088" in total[0]
 
 
 def test_summary_line_labels_the_best_epoch_as_chosen_on_the_eval_set():
@@ -509,7 +511,7 @@ def test_training_never_imports_tensorflow(mnist_splits, tfds_dir, mnist_dir, tm
     fake.mkdir(parents=True)
     mark = tmp_path / "tensorflow-was-imported"
     (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\n")
-    script = ("import sys\nfrom jaxmnist import train_cli\n"
+    script = ("import sys\nfrom jaxmnist.train import __main__ as train_cli\n"
               "code = train_cli.main(sys.argv[1:])\n"
               "assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow']\n"
               "sys.exit(code)\n")

@@ -1,4 +1,5 @@
-"""`python -m jaxmnist.train`: the flags, the run directory, the lines printed, exit codes.
+"""`python -m jaxmnist.train`: the flags, the run directory, the lines printed, exit codes
+(the loop itself is `jaxmnist.train`, this package's `__init__.py`).
 
 Every field of `configs.Config` is a flag (`--batch-size`, `--fast-kernels` /
 `--no-fast-kernels`, ...), derived from the field's type; values are checked by

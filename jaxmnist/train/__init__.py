@@ -1,4 +1,5 @@
-"""Train a net of the family on MNIST (the command line: `python -m jaxmnist.train`).
+"""Train a net of the family on MNIST (the command line, `python -m jaxmnist.train`, is
+this package's `__main__.py`; this module imports no command line).
 
 The loop of Flax's examples/mnist: `train_epoch` and `train_and_evaluate(config,
 workdir)`, over the state and steps of `jaxmnist.steps` (`create_train_state`,
@@ -17,7 +18,6 @@ import functools
 import logging
 import math
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -238,12 +238,3 @@ def _naming_the_last_checkpoint_on_write_failure(workdir: Path):
         raise files.WriteError(e.path, e.cause, f"{done}: free space (or make it writable), "
                                "then continue with --resume") from None
 
-
-if __name__ == "__main__":
-    # `python -m jaxmnist.train` runs this file as __main__. Registered under its own
-    # name too, so that the command line's `import jaxmnist.train` finds this module
-    # instead of executing the file a second time (two TrainingDiverged classes).
-    sys.modules.setdefault("jaxmnist.train", sys.modules[__name__])
-    from jaxmnist.train_cli import main
-
-    sys.exit(main())
