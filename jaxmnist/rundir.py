@@ -194,6 +194,7 @@ def save_checkpoint(manager, epoch: int, state, wait: bool = True) -> None:
     intact. A write that fails raises files.WriteError naming the path."""
     import orbax.checkpoint as ocp  # (see checkpoint_manager)
 
+    _quiet_late_write_failures()
     if jax.process_index() == 0:  # the digests are a file of the run, written by process 0
         kept = set(manager.all_steps()) | {epoch}
         digests = {k: v for k, v in read_digests(manager).items() if k in kept}
@@ -246,9 +247,45 @@ def complete_epochs(run_dir: Path) -> list[int]:
 _IN_FLIGHT_GRACE_S = 0.5
 
 
-def _unretrieved_read_errors(record: logging.LogRecord) -> bool:
-    """False for asyncio's report of a failed checkpoint read nobody awaited."""
+def _unretrieved_orbax_errors(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of a failed checkpoint read or write nobody awaited."""
     return "exception was never retrieved" not in record.getMessage()
+
+
+def _late_callback_on_a_closed_loop(unraisable) -> bool:
+    """TensorStore's report of a write or read that finished after orbax had closed the
+    event loop that awaited it (orbax stops at the first failed write and closes its
+    loop; the writes still in flight end on TensorStore's threads moments later)."""
+    frames = []
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and any(f.endswith(os.path.join("asyncio", "base_events.py")) for f in frames))
+
+
+_quiet = False
+
+
+def _quiet_late_write_failures() -> None:
+    """From the first checkpoint written on: the writes that end after a failed one had
+    ended the save say nothing (TensorStore's "Event loop is closed" tracebacks, asyncio's
+    "Task exception was never retrieved"), at any time until the process exits. The
+    failure itself is reported, in one line, by `save_checkpoint` or `wait_for_saves`."""
+    global _quiet
+    if _quiet:
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _late_callback_on_a_closed_loop(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_unretrieved_orbax_errors)
+    _quiet = True
 
 
 class _QuietOrbax:
@@ -270,7 +307,7 @@ class _QuietOrbax:
             # milliseconds later, and their futures log "exception was never retrieved"
             # whenever they are collected: they too belong to the one line.
             time.sleep(_IN_FLIGHT_GRACE_S)
-            logging.getLogger("asyncio").addFilter(_unretrieved_read_errors)
+            logging.getLogger("asyncio").addFilter(_unretrieved_orbax_errors)
         sys.stderr = self.stderr
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)

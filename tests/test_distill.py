@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jaxmnist import configs, data, parallel, rundir, steps, train
-from jaxmnist.train import __main__ as train_cli
 from jaxmnist.models import Net, count_params
+from jaxmnist.train import __main__ as train_cli
 from tests.conftest import run_in_process
 
 STUDENT = configs.Config(arch="c4 p v8", dropout=0.0, epochs=1, eval_batch_size=500)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -166,6 +167,28 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.fixture
+def disk_of(tmp_path):
+    """`disk_of(size)`: a tmpfs of `size` (e.g. "100k") of our own (root, Linux)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs to fill needs root on Linux")
+    mounted = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def fill(disk: Path):
@@ -336,3 +359,40 @@ def test_the_command_line_on_a_disk_that_fills_mid_run(small_disk, mnist_splits,
     assert r.stderr.splitlines()[1] == ("python -m jaxmnist.predict: warning: using the "
                                         "checkpoint of epoch 2, the newest that can be read")
     assert len(r.stderr.splitlines()) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["after the first checkpoint", "during the first checkpoint"])
+def test_the_seed_net_on_a_disk_that_fills_prints_its_epochs_and_one_line(
+        when, disk_of, mnist_splits, tfds_dir, mnist_dir):
+    """The seed net's checkpoint has many arrays, written concurrently: the writes still
+    in flight when the first one fails must say nothing (no "Event loop is closed"
+    tracebacks, no "Task exception was never retrieved"), then or at exit."""
+    import sys
+    import time
+
+    # 100 KB: the run's files fit, its first checkpoint does not.
+    disk = disk_of("4m" if when == "after the first checkpoint" else "100k")
+    args = [sys.executable, "-m", "jaxmnist.train", "--no-progress", "--recipe", "seed",
+            "--epochs", "2", "--max-steps", "3", "--out", str(disk), "--name", "run",
+            "--data-dir", str(mnist_dir), "--tfds-dir", str(tfds_dir)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO)
+    run = disk / "run"
+    if when == "after the first checkpoint":
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "1").is_dir() and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        fill(disk)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err
+    *epochs, last = err.splitlines()
+    assert epochs and all(re.fullmatch(r"epoch +\d+  train loss .*s", line) for line in epochs), err
+    complete = ("the checkpoint of epoch 1 is complete" if when == "after the first checkpoint"
+                else "no epoch's checkpoint is complete yet")
+    assert re.fullmatch(
+        rf"python -m jaxmnist.train: error: cannot write {re.escape(str(run))}/\S+: no space "
+        rf"left on the device; {complete}: free space \(or make it writable\), then continue "
+        r"with --resume", last), err
+    assert out == ""
