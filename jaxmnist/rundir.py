@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -393,13 +394,32 @@ def load_trained(run_dir: str | os.PathLike):
     config = read_config(run_dir)
     manager = checkpoint_manager(run_dir)
     try:
-        if manager.latest_step() is None:
+        newest = manager.latest_step()
+        if newest is None:
             raise RunDirError(f"{run_dir}: no checkpoint")
+        if newest < config.epochs:  # stopped mid-way: said, so that it is not taken as done
+            log.warning(f"{run_dir} is unfinished: its newest checkpoint is epoch {newest} of "
+                        f"{config.epochs} ({resume_command(run_dir)} continues it)")
         state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
         _, state, _ = restore_newest_readable(manager, state)
     finally:
         close(manager)
     return steps.make_model(config), steps.eval_variables(state)
+
+
+def progress(run_dir: str | os.PathLike) -> tuple[int, int]:
+    """(epochs whose checkpoint is complete, the run's epochs): a run is finished when
+    the two are equal; one stopped mid-way (a killed process, the lab's cancel) is not."""
+    config = read_config(run_dir)
+    done = complete_epochs(Path(run_dir)) if (Path(run_dir) / "checkpoints").is_dir() else []
+    return (done[0] if done else 0), config.epochs
+
+
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The command that continues the run in `run_dir` from its config.json."""
+    run_dir = Path(run_dir)
+    return (f"python -m jaxmnist.train --out {shlex.quote(str(run_dir.parent))} "
+            f"--name {shlex.quote(run_dir.name)} --resume")
 
 
 def load_teacher(config: configs.Config):

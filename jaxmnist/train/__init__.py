@@ -37,6 +37,11 @@ class TrainingDiverged(RuntimeError):
     """The training loss stopped being finite."""
 
 
+class Stopped(Exception):
+    """Raised by an `on_step` callback to stop training at the next step (the lab's
+    cancel); the epochs already complete keep their checkpoints."""
+
+
 def per_step(metrics: list[dict]) -> list[dict]:
     """Host copies of step metrics, one dict of floats per step (a call of
     `Trainer.train_steps` gives `n` steps' worth)."""
@@ -50,11 +55,13 @@ def per_step(metrics: list[dict]) -> list[dict]:
 
 def train_epoch(trainer: Trainer, state: TrainState, split: data.Split, perm: jax.Array,
                 augment_key: jax.Array, dropout_key: jax.Array, *, epoch: int, steps: int,
-                on_steps=None) -> tuple[TrainState, list[dict]]:
+                on_steps=None, on_step=None) -> tuple[TrainState, list[dict]]:
     """Epoch `epoch`: the first `steps` batches of `perm`, `config.steps_per_call` per
     jitted call. Returns the state and each step's metrics (host floats). The losses are
     checked every 50 steps (a non-finite one raises TrainingDiverged); `on_steps(n,
-    metrics)` is called then with the steps done and the newest steps' metrics."""
+    metrics)` is called then with the steps done and the newest steps' metrics.
+    `on_step(epoch, n, steps)`, if given, is called after each jitted call is dispatched
+    (it may raise Stopped)."""
     pending: list[dict] = []  # step metrics on the device, not yet checked
     host: list[dict] = []  # those checked, one per step
     done = 0
@@ -68,6 +75,8 @@ def train_epoch(trainer: Trainer, state: TrainState, split: data.Split, perm: ja
                                            dropout_key, n)
         pending.append(m)
         done += n
+        if on_step is not None:
+            on_step(epoch, done, steps)
         if done // 50 > (done - n) // 50 or done == steps:
             chunk, pending = per_step(pending), []
             for j, cm in enumerate(chunk):
@@ -100,7 +109,7 @@ def load_splits(trainer: Trainer, config: configs.Config, data_dir, tfds_dir):
 def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
                        splits: tuple[data.Split, data.Split] | None = None,
                        data_dir=None, tfds_dir=None, resume: bool = False, devices=None,
-                       progress: bool = False, teacher=None) -> TrainState:
+                       progress: bool = False, teacher=None, on_step=None) -> TrainState:
     """Trains `config`, evaluating after each epoch; writes config.json, metrics.jsonl,
     curves.png and a checkpoint per epoch to `workdir`. Returns the final state.
 
@@ -109,7 +118,9 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     with `config.distill_once`, of the first epoch), and so of the epochs' seconds.
     `splits` (train, eval) are used instead of MNIST from `data_dir` / `tfds_dir`
     (`data.load_mnist`); `resume` continues from the newest checkpoint; `devices`
-    (default: all) form the mesh; `progress` shows a bar per epoch. Each epoch's line
+    (default: all) form the mesh; `progress` shows a bar per epoch; `on_step(epoch, n,
+    steps)` is called after every step (`train_epoch`) and may raise Stopped, which ends
+    the run once the complete epochs' checkpoints are written. Each epoch's line
     goes to the "jaxmnist" logger. Everything that can be checked without data is
     checked before anything is loaded or written. Over several processes only process 0
     writes files (orbax coordinates the checkpoints) and logs."""
@@ -171,7 +182,8 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
                     state, host = train_epoch(trainer, state, train_split, perm,
                                               jax.random.fold_in(augment_key, epoch),
                                               dropout_key, epoch=epoch, steps=steps_per_epoch,
-                                              on_steps=functools.partial(_show_steps, bar))
+                                              on_steps=functools.partial(_show_steps, bar),
+                                              on_step=on_step)
                 t_train = time.perf_counter() - t0
                 ev = trainer.evaluate(state, eval_split)
                 record = rundir.metrics_record(epoch, host, ev, eval_name,
@@ -201,7 +213,7 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
             kept = (f"the last good checkpoint (epoch {last}) is kept" if last
                     else "no checkpoint had been saved yet")
             raise TrainingDiverged(f"{e}; {kept}") from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Stopped):
             rundir.wait_for_saves(manager)  # the last finished epoch's checkpoint, complete
             raise
         finally:

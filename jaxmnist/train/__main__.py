@@ -38,7 +38,9 @@ _PARSERS = {int: whole_number, float: number, str: str}
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Train a net of the family on MNIST.")
-    p.add_argument("--recipe", choices=sorted(configs.RECIPES), default="default")
+    p.add_argument("--recipe", choices=sorted(configs.RECIPES),
+                   help="the recipe (default: default; with --resume and no config flags, "
+                        "the run's own config.json)")
     p.add_argument("--name", help="run name (default: the recipe's)")
     p.add_argument("--out", default="runs", help="parent of the run directory (default runs/)")
     p.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files "
@@ -60,11 +62,19 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def run_dir_of(args) -> Path:
+    return Path(args.out) / (args.name or args.recipe or "default")
+
+
 def config_from_args(args) -> configs.Config:
-    """The recipe with the flags given; a ConfigError names a field it cannot have."""
+    """The recipe with the flags given; a ConfigError names a field it cannot have. With
+    --resume and neither --recipe nor a config flag: the run's own config.json."""
     overrides = {name: getattr(args, name) for name in configs.field_types()
                  if getattr(args, name) is not None}
-    return dataclasses.replace(configs.RECIPES[args.recipe](), **overrides)
+    if args.resume and args.recipe is None and not overrides:
+        if (run_dir_of(args) / "config.json").is_file():
+            return rundir.read_config(run_dir_of(args))
+    return dataclasses.replace(configs.RECIPES[args.recipe or "default"](), **overrides)
 
 
 def table_lines(rows, image: int = 28) -> list[str]:
@@ -127,7 +137,7 @@ def main(argv=None) -> int:
         if args.summary:
             print_summary(config)
             return 0
-        run_dir = Path(args.out) / (args.name or args.recipe)
+        run_dir = run_dir_of(args)
         teacher = None
         # Across processes the directory is checked, and a teacher loaded, once JAX knows
         # which process is 0 (nothing may touch JAX before it is initialised).
