@@ -3,6 +3,7 @@
 trained on the test set for seeds 0, 1, 2.
 
     python experiments/basics.py [--seeds 0,1,2] [--only NAME,...] [--data-dir DIR]
+    python experiments/basics.py --time [--rounds 2]
 
 Runs go to experiments/results/studies/basics/<variant>-seed<N>, seed 0 of every variant
 first, then seed 1, then seed 2 (a study cut short still covers every variant). A run
@@ -10,18 +11,26 @@ whose metrics are complete is skipped; one cut short is resumed. Each run's chec
 are deleted once it is complete (the study keeps config, metrics and curves). Run it in
 the background (`nohup python experiments/basics.py > basics.log 2>&1 &`); the table
 is `python experiments/summarize.py` (docs/architecture.md).
+
+`--time` measures what each variant costs instead, with the machine to itself: each
+variant's train step and evaluation by `jaxmnist.bench` (steady state, compilation
+apart), the variants in turn, `--rounds` times over; it rewrites
+experiments/results/studies/basics_timing.jsonl, one line per variant and round. The
+study's runs shared the machine with other work, so their own seconds are not speeds.
 """
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from jaxmnist import configs, rundir
+from jaxmnist import configs, files, rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "experiments" / "results" / "studies" / "basics"
+TIMING = ROOT / "experiments" / "results" / "studies" / "basics_timing.jsonl"
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -46,13 +55,32 @@ def flags(config: configs.Config) -> list[str]:
     return out
 
 
+def time_variants(variants: list[str], rounds: int) -> None:
+    """Each variant's steady-state train and eval images/s (`bench.bench`), in turn."""
+    from jaxmnist.bench import bench
+
+    lines = []
+    for round_ in range(1, rounds + 1):
+        for variant in variants:
+            result = bench(configs.basics_config(variant), steps=60, eval_steps=10)
+            result.update(variant=variant, round=round_)
+            print(json.dumps(result), flush=True)
+            lines.append(json.dumps(result))
+    files.write_atomic(TIMING, "\n".join(lines) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--only", help="comma-separated variants (default: all)")
     p.add_argument("--data-dir")
+    p.add_argument("--time", action="store_true", help="time each variant's steps instead")
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
     variants = args.only.split(",") if args.only else list(configs.BASICS)
+    if args.time:
+        time_variants(variants, args.rounds)
+        return 0
     for seed in map(int, args.seeds.split(",")):
         for variant in variants:
             config = configs.basics_config(variant)

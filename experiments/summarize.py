@@ -422,6 +422,30 @@ def layer_table(recipe: str) -> str:
                  out)
 
 
+def basics_table() -> str:
+    """The seed net taken apart (`lab.basics`): one row per variant of `configs.BASICS`."""
+    from jaxmnist.lab import basics
+
+    rows = []
+    for r in basics(RESULTS):
+        n = len(r["accuracies"])
+        accuracy = ("not run" if not n else f"**{r['mean']:.2f}**" if n == 1
+                    else f"**{r['mean']:.2f} ± {r['std']:.2f}**")
+        rows.append([r["what"], f"`{r['request']['arch']}`" if "arch" in
+                     configs_basics()[r["name"]][1] else "", f"{r['params']:,}",
+                     f"{r['field']}×{r['field']}", f"{r['madds']:,}", accuracy,
+                     ", ".join(f"{a:.2f}" for a in r["accuracies"]) or "–",
+                     r["seconds_per_epoch"] if r["seconds_per_epoch"] is not None else "–"])
+    return table(["what changed", "net (where it changed)", "params", "last block's field",
+                  "multiply-adds", "test accuracy (%)", "per seed", "s / epoch"], rows)
+
+
+def configs_basics() -> dict:
+    from jaxmnist.configs import BASICS
+
+    return BASICS
+
+
 TABLES = {
     "recipes": lambda: recipes_table(),
     "runs": lambda *bases: runs_table(list(bases)),
@@ -439,6 +463,7 @@ TABLES = {
     "backprop-final-error": backprop_final_error_table,
     "excerpt": lambda *args: excerpt(" ".join(args)),
     "layers": layer_table,
+    "basics": basics_table,
 }
 
 

@@ -127,8 +127,11 @@ def test_loading_a_run_falls_back_and_says_so(two_checkpoints, tmp_path, warning
     fresh = steps.create_train_state(SHORT, jax.random.key(3), 4)
     _, epoch1 = rundir.restore_checkpoint(manager, fresh, 1)
     chex.assert_trees_all_equal(variables["params"], jax.device_get(epoch1.params))
-    assert "its values differ from those it was saved with" in warnings_seen[0]
-    assert warnings_seen[1] == "using the checkpoint of epoch 1, the newest that can be read"
+    # The run was stopped after epoch 2 of SHORT's: it says so first.
+    assert warnings_seen[0].startswith(f"{run} is unfinished: its newest checkpoint is epoch 2 "
+                                       f"of {SHORT.epochs} (python -m jaxmnist.train --out ")
+    assert "its values differ from those it was saved with" in warnings_seen[1]
+    assert warnings_seen[2] == "using the checkpoint of epoch 1, the newest that can be read"
     assert (run / "checkpoints" / "2").is_dir()  # loading moves nothing
 
 
@@ -146,9 +149,10 @@ def test_no_readable_checkpoint_is_one_line_exit_2_and_nothing_is_deleted(
                        str(REPO / "experiments/digits/mnist-test-41-label2-dark-on-light.png"))
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("python -m jaxmnist.predict: error: ")
-    assert "no checkpoint can be read" in lines[-1]
-    assert all(line.startswith("python -m jaxmnist.predict: warning: ") for line in lines[:2])
+    # unfinished (stopped after epoch 2), checkpoint 2 unreadable, 1 unreadable, the error
+    assert len(lines) == 4 and lines[-1].startswith("python -m jaxmnist.predict: error: ")
+    assert "no checkpoint can be read" in lines[-1] and "is unfinished" in lines[0]
+    assert all(line.startswith("python -m jaxmnist.predict: warning: ") for line in lines[:3])
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
 
 
