@@ -46,9 +46,10 @@ endif
 
 install: $(STAMP)
 
-# The suite without the slow end-to-end tests (a few minutes on 2 cores) ...
+# The suite without the slow end-to-end tests (a few minutes on 2 cores; its 15 slowest
+# tests are listed at the end, so that the time budget stays visible) ...
 test: $(DEV_STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=15
 
 # ... and those: several processes, kill and resume, the notebook, the browser, real-data runs.
 test-slow: $(DEV_STAMP)

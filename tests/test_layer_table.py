@@ -27,24 +27,31 @@ def measured_fields(arch: str, size: int = 48, images: int = 4
     moves for the unit one to the right, and the box's top row and left column. The
     input is larger than 28x28, so that no field is cut by the border; sigmoids stand
     in for the ReLUs (a ReLU passes no gradient where it is off), and several inputs
-    cover the max-pools' choices."""
+    cover the max-pools' choices.
+
+    One backward pass gives them all: in eval mode the images of a batch do not touch,
+    so each (layer, unit) pair gets `images` rows of the batch of its own, and its
+    cotangent is set only there."""
     model = Net(arch=arch, activation="sigmoid", dropout_rate=0.0)
-    x = jax.random.normal(jax.random.key(1), (images, size, size, 1))
+    layers = len(model.arch.split())
+    x = jnp.tile(jax.random.normal(jax.random.key(1), (images, size, size, 1)),
+                 (2 * layers, 1, 1, 1))
     variables = model.init(jax.random.key(0), x[:1])
 
     @jax.jit
     def gradients(x):
         outputs, pullback = jax.vjp(lambda x: layer_outputs(model, variables, x)[1], x)
-        grads = []
+        cotangents = []
         for k, out in enumerate(outputs):
-            centre = out.shape[1] // 2
+            centre, cotangent = out.shape[1] // 2, jnp.zeros_like(out)
             for right in (0, 1):
-                cotangents = [jnp.zeros_like(o) for o in outputs]
-                cotangents[k] = cotangents[k].at[:, centre, centre + right, :].set(1.0)
-                grads.append(jnp.abs(pullback(cotangents)[0]).sum(axis=(0, 3)))
-        return grads
+                rows = slice((2 * k + right) * images, (2 * k + right + 1) * images)
+                cotangent = cotangent.at[rows, centre, centre + right, :].set(1.0)
+            cotangents.append(cotangent)
+        grads = jnp.abs(pullback(cotangents)[0]).sum(axis=3)
+        return grads.reshape(2 * layers, images, size, size).sum(axis=1)
 
-    grads = [np.asarray(g) > 0 for g in gradients(x)]
+    grads = np.asarray(gradients(x)) > 0
     fields = []
     for unit, neighbour in zip(grads[::2], grads[1::2]):
         top, bottom, left, right = bounding_box(unit)

@@ -27,7 +27,8 @@ def summary(model, variables):
 def init(model=None, batch=2):
     model = model or Net()
     x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
-    return model, model.init(jax.random.key(1), x), x
+    # Compiled whole: op by op, each of the net's ops would be compiled on its own.
+    return model, jax.jit(model.init)(jax.random.key(1), x), x
 
 
 def shapes(model, batch=2):
@@ -96,11 +97,11 @@ def test_train_mode_uses_batch_stats_and_updates_them_like_pytorch():
 
 def test_dropout_active_only_in_training():
     model, variables, x = init(batch=8)
-    run = lambda seed: model.apply(  # noqa: E731
-        variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
-    )[0]
-    assert not np.allclose(run(0), run(1))
-    chex.assert_trees_all_equal(run(0), run(0))
+    run = jax.jit(lambda key: model.apply(  # noqa: E731
+        variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])[0])
+    key = jax.random.key
+    assert not np.allclose(run(key(0)), run(key(1)))
+    chex.assert_trees_all_equal(run(key(0)), run(key(0)))
 
 
 def test_seed_net_is_the_default_member_of_the_family():
