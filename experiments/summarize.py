@@ -422,12 +422,14 @@ def layer_table(recipe: str) -> str:
                  out)
 
 
-def basics_table() -> str:
-    """The seed net taken apart (`lab.basics`): one row per variant of `configs.BASICS`."""
+def basics_table(*names: str) -> str:
+    """The seed net taken apart (`lab.basics`): one row per variant of `configs.BASICS`,
+    or of the variants `names`, in that order."""
     from jaxmnist.lab import basics
 
+    by_name = {r["name"]: r for r in basics(RESULTS)}
     rows = []
-    for r in basics(RESULTS):
+    for r in [by_name[n] for n in names] if names else by_name.values():
         n = len(r["accuracies"])
         accuracy = ("not run" if not n else f"**{r['mean']:.2f}**" if n == 1
                     else f"**{r['mean']:.2f} ± {r['std']:.2f}**")
@@ -464,6 +466,7 @@ TABLES = {
     "excerpt": lambda *args: excerpt(" ".join(args)),
     "layers": layer_table,
     "basics": basics_table,
+    "basics-rows": basics_table,
 }
 
 

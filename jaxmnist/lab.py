@@ -199,7 +199,13 @@ class Job:
             raise Stopped(f"cancelled at epoch {epoch}, step {done} of {total}")
 
     def snapshot(self) -> dict:
-        metrics = rundir.read_metrics(self.run_dir) if self.run_dir.exists() else []
+        metrics = []
+        path = self.run_dir / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                metrics.append(json.loads(line))
+            except ValueError:  # the line being appended as this reads it
+                break
         return {"id": self.id, "state": self.state, "arch": self.config.arch,
                 "epochs": self.config.epochs, "epoch": self.epoch, "step": self.step,
                 "steps": self.steps, "metrics": metrics, "error": self.error,
