@@ -159,21 +159,6 @@ def test_no_readable_checkpoint_is_one_line_exit_2_and_nothing_is_deleted(
 # --- a disk that fills up, or turns read-only, in the middle of a run -------------------
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs of our own (root, Linux); skipped where one cannot be mounted."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs to fill needs root on Linux")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
-@pytest.fixture
 def disk_of(tmp_path):
     """`disk_of(size)`: a tmpfs of `size` (e.g. "100k") of our own (root, Linux)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
@@ -193,6 +178,12 @@ def disk_of(tmp_path):
     yield mount
     for disk in mounted:
         subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(disk_of):
+    """A 4 MiB tmpfs of our own (root, Linux); skipped where one cannot be mounted."""
+    return disk_of("4m")
 
 
 def fill(disk: Path):
