@@ -7,8 +7,10 @@ trained on the test set for seeds 0, 1, 2.
 
 Runs go to experiments/results/studies/basics/<variant>-seed<N>, seed 0 of every variant
 first, then seed 1, then seed 2 (a study cut short still covers every variant). A run
-whose metrics are complete is skipped; one cut short is resumed. Each run's checkpoints
-are deleted once it is complete (the study keeps config, metrics and curves). Run it in
+whose metrics are complete is skipped; one cut short is resumed; one that failed (its
+loss stopped being finite) keeps its error line in failed.txt and is not run again.
+Each run's checkpoints are deleted once it is complete (the study keeps config, metrics
+and curves). Run it in
 the background (`nohup python experiments/basics.py > basics.log 2>&1 &`); the table
 is `python experiments/summarize.py` (docs/architecture.md).
 
@@ -31,6 +33,7 @@ from jaxmnist import configs, files, rundir
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "experiments" / "results" / "studies" / "basics"
 TIMING = ROOT / "experiments" / "results" / "studies" / "basics_timing.jsonl"
+FAILED = "failed.txt"  # in a run that ended in an error (a loss that stopped being finite)
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -85,7 +88,7 @@ def main() -> int:
         for variant in variants:
             config = configs.basics_config(variant)
             run_dir = RUNS / run_name(variant, seed)
-            if complete(run_dir, config.epochs):
+            if complete(run_dir, config.epochs) or (run_dir / FAILED).exists():
                 continue
             command = [sys.executable, "-m", "jaxmnist.train", "--recipe", "default",
                        "--no-progress", "--out", str(RUNS), "--name", run_name(variant, seed),
@@ -97,8 +100,11 @@ def main() -> int:
             elif run_dir.exists():
                 shutil.rmtree(run_dir)  # a run that wrote no checkpoint: start it again
             print(" ".join(command[1:]), flush=True)
-            subprocess.run(command, check=True, cwd=ROOT)
-            shutil.rmtree(run_dir / "checkpoints")
+            done = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            sys.stderr.write(done.stderr)
+            if done.returncode:  # a run that diverged is a result too: said in the table
+                files.write_atomic(run_dir / FAILED, done.stderr.strip().splitlines()[-1] + "\n")
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return 0
 
 

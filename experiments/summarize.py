@@ -436,7 +436,9 @@ def basics_table(*names: str) -> str:
         rows.append([r["what"], f"`{r['request']['arch']}`" if "arch" in
                      configs_basics()[r["name"]][1] else "", f"{r['params']:,}",
                      f"{r['field']}×{r['field']}", f"{r['madds']:,}", accuracy,
-                     ", ".join(f"{a:.2f}" for a in r["accuracies"]) or "–",
+                     ", ".join([f"{a:.2f}" for a in r["accuracies"]]
+                               + [f"{len(r['failed'])} failed (diverged)"] * bool(r["failed"]))
+                     or "–",
                      r["seconds_per_epoch"] if r["seconds_per_epoch"] is not None else "–"])
     return table(["what changed", "net (where it changed)", "params", "last block's field",
                   "multiply-adds", "test accuracy (%)", "per seed", "s / epoch"], rows)

@@ -374,12 +374,14 @@ def basics(results: Path | None) -> list[dict]:
         config = configs.basics_config(name)
         table = layer_table(steps.make_model(config))
         params, madds = totals(table)
-        accuracies = []
+        accuracies, failed = [], []
         for run in sorted((results / "studies" / "basics").glob(f"{name}-seed*")
                           if results is not None else []):
             metrics = rundir.read_metrics(run)
             if len(metrics) == config.epochs:
                 accuracies.append(100 * metrics[-1]["test_accuracy"])
+            elif (run / "failed.txt").is_file():  # e.g. a loss that stopped being finite
+                failed.append((run / "failed.txt").read_text().strip())
         seconds = timing.get(name)
         rows.append({
             "name": name, "what": what,
@@ -387,7 +389,7 @@ def basics(results: Path | None) -> list[dict]:
                         "options": {k: v for k, v in fields.items() if k != "arch"}},
             "params": params, "madds": madds,
             "field": [r.field for r in table if r.name.startswith("block")][-1],
-            "accuracies": [round(a, 2) for a in accuracies],
+            "accuracies": [round(a, 2) for a in accuracies], "failed": failed,
             "mean": round(float(np.mean(accuracies)), 2) if accuracies else None,
             "std": round(float(np.std(accuracies, ddof=1)), 2) if len(accuracies) > 1 else None,
             "seconds_per_epoch": round(float(np.median(seconds)), 1) if seconds else None})

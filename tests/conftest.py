@@ -129,5 +129,7 @@ def synthetic_splits():
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the cache is shared
+        return
     if jax.config.jax_compilation_cache_dir == _CACHE["jax_compilation_cache_dir"]:
         shutil.rmtree(_CACHE["jax_compilation_cache_dir"], ignore_errors=True)
