@@ -31,8 +31,10 @@ def measured_fields(arch: str, size: int = 48, images: int = 4
 
     One backward pass gives them all: in eval mode the images of a batch do not touch,
     so each (layer, unit) pair gets `images` rows of the batch of its own, and its
-    cotangent is set only there."""
-    model = Net(arch=arch, activation="sigmoid", dropout_rate=0.0)
+    cotangent is set only there. The net is built of Flax's own layers (`fast=False`:
+    the same fields, and compiled several times faster than `jaxmnist.kernels`' custom
+    gradients, which tests/test_kernels.py checks against these layers)."""
+    model = Net(arch=arch, activation="sigmoid", dropout_rate=0.0, fast=False)
     layers = len(model.arch.split())
     x = jnp.tile(jax.random.normal(jax.random.key(1), (images, size, size, 1)),
                  (2 * layers, 1, 1, 1))

@@ -201,6 +201,7 @@ def test_same_seed_same_metrics(synthetic_splits, tmp_path):
     assert len(metrics_of(tmp_path / "a")) == 2
 
 
+@pytest.mark.slow  # --steps-per-call, an option: three paths compiled, 11-25 s
 def test_steps_in_a_scan_match_one_step_per_call(synthetic_splits, tmp_path):
     config = dataclasses.replace(SHORT, epochs=1)
     trainer = train.Trainer(config)
