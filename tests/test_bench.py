@@ -99,11 +99,13 @@ def test_bench_rejects_bad_arguments(args, message, run_bench, tmp_path):
 
 
 def test_bench_appends_under_runs_or_to_out(run_bench, tmp_path):
-    for _ in range(2):
-        r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1")
-        assert r.returncode == 0, r.stderr
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "bench.jsonl").write_text('{"earlier": 1}\n')  # kept, appended to
+    r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1")
+    assert r.returncode == 0, r.stderr
     lines = (tmp_path / "runs" / "bench.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[1])["arch"] == "c4 p v8"
+    assert len(lines) == 2 and lines[0] == '{"earlier": 1}'
+    assert json.loads(lines[1])["arch"] == "c4 p v8"
     r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1",
                   "--out", str(tmp_path / "mine.jsonl"))
     assert r.returncode == 0 and len((tmp_path / "mine.jsonl").read_text().splitlines()) == 1
