@@ -425,9 +425,7 @@ def layer_table(recipe: str) -> str:
 def basics_table(*names: str) -> str:
     """The seed net taken apart (`lab.basics`): one row per variant of `configs.BASICS`,
     or of the variants `names`, in that order."""
-    from jaxmnist.lab import basics
-
-    by_name = {r["name"]: r for r in basics(RESULTS)}
+    by_name = {r["name"]: r for r in basics_rows()}
     rows = []
     for r in [by_name[n] for n in names] if names else by_name.values():
         n = len(r["accuracies"])
@@ -442,6 +440,15 @@ def basics_table(*names: str) -> str:
                      r["seconds_per_epoch"] if r["seconds_per_epoch"] is not None else "–"])
     return table(["what changed", "net (where it changed)", "params", "last block's field",
                   "multiply-adds", "test accuracy (%)", "per seed", "s / epoch"], rows)
+
+
+@functools.cache
+def basics_rows() -> tuple[dict, ...]:
+    """`lab.basics` of the committed runs, once per process: its 16 nets' layer tables
+    take a second or so, and a page has several tables of it."""
+    from jaxmnist.lab import basics
+
+    return tuple(basics(RESULTS))
 
 
 def configs_basics() -> dict:

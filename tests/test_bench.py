@@ -15,19 +15,6 @@ def run_bench(capsys, tmp_path, monkeypatch):
     return lambda *args: run_in_process(bench.main, capsys, *args)
 
 
-def test_bench_prints_one_json_line(run_bench):
-    r = run_bench("--arch", "c4 p v8", "--steps", "3", "--eval-steps", "1", "--no-record")
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.strip().splitlines()[-1])
-    for field in ("train_images_per_s", "eval_images_per_s", "compile_s", "device", "jax", "date"):
-        assert field in result
-    assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
-    assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
-    assert result["compiler_options"] == "jaxmnist"
-    assert result["cores"] == bench.usable_cores() >= 1
-    assert result["cpu"] == bench.host_cpu()
-
-
 ZEN5 = """processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 26
@@ -51,12 +38,16 @@ def test_describe_cpu_names_the_model_family_and_vector_units(flags, units):
     assert bench.describe_cpu(text) == f"AMD EPYC (family 26, model 2; {units})"
 
 
-def test_bench_xla_defaults_compiles_with_xla_s_own_options(run_bench):
+def test_bench_xla_defaults_compiles_with_xla_s_own_options_and_out_names_the_file(
+        run_bench, tmp_path):
     r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1", "--xla-defaults",
-                  "--no-record")
+                  "--out", str(tmp_path / "mine.jsonl"))
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["compiler_options"] == "xla-defaults" and result["train_images_per_s"] > 0
+    assert [json.loads(line) for line in (tmp_path / "mine.jsonl").read_text().splitlines()] \
+        == [result]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bench_scan_times_several_steps_per_call(run_bench):
@@ -98,17 +89,22 @@ def test_bench_rejects_bad_arguments(args, message, run_bench, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_bench_appends_under_runs_or_to_out(run_bench, tmp_path):
+def test_bench_prints_one_json_line_and_appends_it_under_runs_or_to_out(run_bench, tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "bench.jsonl").write_text('{"earlier": 1}\n')  # kept, appended to
     r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1")
     assert r.returncode == 0, r.stderr
-    lines = (tmp_path / "runs" / "bench.jsonl").read_text().splitlines()
+    result = json.loads(r.stdout.strip().splitlines()[-1])  # the line it prints ...
+    for field in ("train_images_per_s", "eval_images_per_s", "compile_s", "device", "jax", "date"):
+        assert field in result
+    assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
+    assert result["compile_s"] > 0 and result["device"].endswith("cpu:cpu")
+    assert result["compiler_options"] == "jaxmnist" and result["arch"] == "c4 p v8"
+    assert result["cores"] == bench.usable_cores() >= 1
+    assert result["cpu"] == bench.host_cpu()
+    lines = (tmp_path / "runs" / "bench.jsonl").read_text().splitlines()  # ... and appends
     assert len(lines) == 2 and lines[0] == '{"earlier": 1}'
-    assert json.loads(lines[1])["arch"] == "c4 p v8"
-    r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1",
-                  "--out", str(tmp_path / "mine.jsonl"))
-    assert r.returncode == 0 and len((tmp_path / "mine.jsonl").read_text().splitlines()) == 1
+    assert json.loads(lines[1]) == result
     blocker = tmp_path / "file"
     blocker.write_text("")
     r = run_bench("--out", str(blocker / "bench.jsonl"))

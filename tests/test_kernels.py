@@ -215,6 +215,7 @@ def test_depthwise_conv_matches_the_grouped_conv_values_and_grads(padding, shape
         kernels.DepthwiseConv3x3("SAME").init(jax.random.key(1), x)
 
 
+@pytest.mark.slow  # 9 s on 2 cores; the kernels' own values and gradients are quick tests
 def test_fast_and_plain_separable_nets_agree():
     x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
     fast = Net(arch="c4 p dc8 dv10 dc10x2", bias=True, dropout_rate=0.0)

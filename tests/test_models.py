@@ -39,14 +39,14 @@ def shapes(model, batch=2):
 
 
 def test_parameter_count_is_12088():
-    _, variables, _ = init()
+    _, variables, _ = shapes(Net())
     assert count_params(variables["params"]) == NUM_PARAMS == 12_088
     # BatchNorm running statistics are state, not parameters: 2 x (8 + 6 x 16).
     assert count_params(variables["batch_stats"]) == 2 * (8 + 6 * 16)
 
 
 def test_layer_table():
-    model, variables, _ = init()
+    model, variables, _ = shapes(Net())
     rows = summary(model, variables)
     assert rows == [
         ("block1", (28, 28, 8), 88), ("block2", (28, 28, 16), 1184),
