@@ -76,6 +76,11 @@ class Config:
     # jaxmnist.kernels (same maths as plain Flax layers, measured faster on XLA:CPU);
     # None: on where the default backend is the CPU, plain Flax layers elsewhere.
     fast_kernels: bool | None = None
+    # test-time augmentation: each evaluation averages the log-softmax over the image and
+    # its 4 (up, down, left, right) or 8 (and diagonal) one-pixel shifts, the background
+    # filling in (jaxmnist.steps.eval_step); its passes are part of each epoch's seconds.
+    # 0: one pass
+    tta: Literal[0, 4, 8] = 0
     eval_batch_size: int = 1000
     max_steps: int = 0  # 0: every batch; N > 0 cuts each epoch short (smoke tests)
     steps_per_call: int = 1  # steps per jitted call, in a lax.scan when > 1

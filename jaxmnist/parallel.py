@@ -50,7 +50,8 @@ class Trainer:
         self._train_step = functools.partial(steps.train_step, **steps.loss_options(config))
         self.train_step = jit(self._train_step, donate_argnums=0,
                               out_shardings=(self.replicated, self.replicated))
-        self.eval_step = jit(steps.eval_step, out_shardings=self.replicated)
+        self.eval_step = jit(functools.partial(steps.eval_step, tta=config.tta),
+                             out_shardings=self.replicated)
         self.permutation = jit(data.epoch_permutation, static_argnums=(1, 2),
                                out_shardings=self.replicated)
         self.get_batch = jit(self._get_batch, out_shardings=self.sharded)
@@ -105,5 +106,9 @@ class Trainer:
         sums = [self.eval_step(state, self.get_eval_batch(split, start, size))
                 for start in range(0, len(split), size)]
         total = jax.device_get(jax.tree.map(lambda *x: sum(x), *sums))
-        return {"loss": float(total["loss"]) / len(split),
-                "accuracy": float(total["correct"]) / len(split)}
+        out = {"loss": float(total["loss"]) / len(split),
+               "accuracy": float(total["correct"]) / len(split)}
+        if "correct_by_shifts" in total:  # test-time augmentation: 0, 4 (and 8) shifts
+            out["accuracy_by_shifts"] = {str(k): float(v) / len(split)
+                                         for k, v in total["correct_by_shifts"].items()}
+        return out

@@ -99,6 +99,10 @@ def metrics_record(epoch: int, step_metrics: list[dict], evaluation: dict, eval_
         "train_accuracy": float(np.mean([s["accuracy"] for s in step_metrics])),
         f"{eval_name}_loss": evaluation["loss"],
         f"{eval_name}_accuracy": evaluation["accuracy"],
+        # with test-time augmentation, the accuracy of 0, 4 (and 8) shifts: the one pass
+        # and the fewer shifts come with the same evaluation
+        **({f"{eval_name}_accuracy_by_shifts": evaluation["accuracy_by_shifts"]}
+           if "accuracy_by_shifts" in evaluation else {}),
         "seconds": round(seconds, 3),
         "train_images_per_s": round(images / train_seconds, 1),
     }

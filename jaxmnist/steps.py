@@ -18,7 +18,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from jaxmnist import configs
+from jaxmnist import configs, data
 from jaxmnist.models import Net
 
 
@@ -176,11 +176,38 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, label_smoothing: 
     return state, {"loss": loss, "accuracy": accuracy}
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
+# Test-time augmentation (`Config.tta`): the image itself, then its one-pixel shifts, as
+# (rows down, columns right): the four neighbours, then the four diagonals.
+SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def shifted(images: jax.Array, down: int, right: int) -> jax.Array:
+    """`images` (N, H, W, C), normalised, moved `down` rows and `right` columns (each
+    -1, 0 or 1), the background (a 0 pixel, normalised) filling in what comes in."""
+    _, h, w, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                     constant_values=data.standardize(0.0))
+    return padded[:, 1 - down:1 - down + h, 1 - right:1 - right + w, :]
+
+
+def eval_step(state: TrainState, batch: dict, tta: int = 0) -> dict:
     """Summed loss and correct count over the rows of `batch` where `mask` is set, of
-    `eval_variables(state)`."""
-    logits = state.apply_fn(eval_variables(state), batch["image"], train=False)
+    `eval_variables(state)`.
+
+    With `tta` (4 or 8) the prediction is the mean of the log-softmax over the image and
+    its first `tta` shifts (`SHIFTS`), and the loss is the cross-entropy of that mean;
+    `correct_by_shifts` then also counts the single pass (0) and, for 8, the 4 shifts."""
+    variables = eval_variables(state)
     mask = batch["mask"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = jnp.argmax(logits, -1) == batch["label"]
-    return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask)}
+    log_p = [jax.nn.log_softmax(state.apply_fn(variables, shifted(batch["image"], *shift),
+                                               train=False))
+             for shift in SHIFTS[:1 + tta]]
+    correct_by_shifts = {}
+    for shifts in (0, 4, 8)[:1 + tta // 4]:
+        mean = sum(log_p[:1 + shifts]) / (1 + shifts)
+        correct_by_shifts[shifts] = jnp.sum((jnp.argmax(mean, -1) == batch["label"]) * mask)
+    loss = optax.softmax_cross_entropy_with_integer_labels(mean, batch["label"])
+    out = {"loss": jnp.sum(loss * mask), "correct": correct_by_shifts[tta]}
+    if tta:
+        out["correct_by_shifts"] = correct_by_shifts
+    return out

@@ -1,6 +1,7 @@
 """Training: the step, short runs, determinism, resume, failing well, the command line."""
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import configs, kernels, rundir, steps, train
+from jaxmnist import configs, data, kernels, rundir, steps, train
 from jaxmnist.train import __main__ as train_cli
 from tests.conftest import run_in_process
 
@@ -164,14 +165,68 @@ def test_trainer_compiles_without_ynnpack_on_cpu():
 
 
 def test_eval_step_masks_padding():
-    config = configs.seed()
+    config = configs.Config(arch="c4 p c8")
     state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
     batch = random_batch(8)
-    full = steps.eval_step(state, {**batch, "mask": jnp.ones(8)})
-    half = steps.eval_step(state, {**batch, "mask": jnp.array([1.0] * 4 + [0.0] * 4)})
-    first = steps.eval_step(state, {k: v[:4] for k, v in batch.items()} | {"mask": jnp.ones(4)})
+    eval_step = jax.jit(steps.eval_step)
+    full = eval_step(state, {**batch, "mask": jnp.ones(8)})
+    half = eval_step(state, {**batch, "mask": jnp.array([1.0] * 4 + [0.0] * 4)})
+    first = eval_step(state, {k: v[:4] for k, v in batch.items()} | {"mask": jnp.ones(4)})
     chex.assert_trees_all_close(half, first, rtol=1e-5)
     assert float(full["loss"]) > float(half["loss"])
+
+
+def test_a_shift_moves_every_pixel_one_place_and_brings_in_the_background():
+    images = jnp.zeros((1, 5, 6, 1)).at[0, 2, 3, 0].set(1.0)  # one pixel on
+    background = data.standardize(0.0)
+    for down, right in steps.SHIFTS:
+        out = np.asarray(steps.shifted(data.standardize(images), down, right))[0, :, :, 0]
+        assert out.shape == (5, 6)
+        assert np.argwhere(out > background + 1).tolist() == [[2 + down, 3 + right]]
+        if down:  # the row that came in is background
+            np.testing.assert_allclose(out[0 if down == 1 else -1], background)
+        if right:
+            np.testing.assert_allclose(out[:, 0 if right == 1 else -1], background)
+
+
+def test_test_time_augmentation_averages_the_log_softmax_of_the_shifted_images():
+    config = configs.Config(arch="c4 p c8", dropout=0.0)
+    state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+    batch = random_batch(16) | {"mask": jnp.array([1.0] * 12 + [0.0] * 4)}
+    variables = steps.eval_variables(state)
+    log_p = np.asarray(jax.jit(lambda v, x: jnp.stack([jax.nn.log_softmax(state.apply_fn(
+        v, steps.shifted(x, *shift), train=False)) for shift in steps.SHIFTS]))(
+        variables, batch["image"]))
+    labels, mask = np.asarray(batch["label"]), np.asarray(batch["mask"])
+
+    def by_hand(n):  # correct count and summed loss of the mean over the first n passes
+        mean = np.mean(log_p[:n], axis=0)
+        loss = -(mean - np.log(np.exp(mean).sum(-1, keepdims=True)))[np.arange(16), labels]
+        return np.sum((mean.argmax(-1) == labels) * mask), np.sum(loss * mask)
+
+    one = jax.jit(steps.eval_step)(state, batch)
+    eight = jax.jit(functools.partial(steps.eval_step, tta=8))(state, batch)
+    four = jax.jit(functools.partial(steps.eval_step, tta=4))(state, batch)
+    assert "correct_by_shifts" not in one
+    for out, n in ((one, 1), (four, 5), (eight, 9)):
+        correct, loss = by_hand(n)
+        assert int(out["correct"]) == correct
+        np.testing.assert_allclose(float(out["loss"]), loss, rtol=1e-5)
+    assert {k: int(v) for k, v in eight["correct_by_shifts"].items()} == {
+        0: by_hand(1)[0], 4: by_hand(5)[0], 8: by_hand(9)[0]}
+    assert list(four["correct_by_shifts"]) == [0, 4]
+
+
+def test_a_run_with_test_time_augmentation_records_each_count_of_shifts(
+        synthetic_splits, tmp_path):
+    config = dataclasses.replace(SHORT, arch="c4 p v8", epochs=1, tta=8)
+    train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
+    (last,) = rundir.read_metrics(tmp_path / "run")
+    assert set(last["test_accuracy_by_shifts"]) == {"0", "4", "8"}
+    assert last["test_accuracy"] == last["test_accuracy_by_shifts"]["8"]
+    assert all(0 <= a <= 1 for a in last["test_accuracy_by_shifts"].values())
+    with pytest.raises(configs.ConfigError, match="tta"):
+        configs.Config(tta=3)
 
 
 def metrics_of(run_dir):

@@ -56,7 +56,8 @@ def build_parser() -> ArgumentParser:
         if kind in (bool, bool | None):
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(kind) is typing.Literal:
-            g.add_argument(flag, choices=typing.get_args(kind), default=None)
+            choices = typing.get_args(kind)
+            g.add_argument(flag, choices=choices, type=type(choices[0]), default=None)
         else:
             g.add_argument(flag, type=_PARSERS[kind], default=None)
     return p
