@@ -39,7 +39,8 @@ def build(config) -> nn.Sequential:
             for _ in range(repeats):
                 norm = {"layer": [nn.GroupNorm(1, features, eps=1e-5, affine=False)],
                         "none": [], "batch": [nn.BatchNorm2d(features)]}[config.norm]
-                act = [nn.Sigmoid() if config.activation == "sigmoid" else nn.ReLU()]
+                act = [{"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU,
+                        "leaky_relu": nn.LeakyReLU}[config.activation]()]
                 layers += conv + (norm + act if config.bn_before_relu else act + norm)
                 layers += [nn.Dropout(block_dropout)] if block_dropout else []
         elif kind == "pool":

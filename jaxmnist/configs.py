@@ -44,7 +44,9 @@ class Config:
     # activations standardised over height, width and channels, no params (PyTorch's
     # GroupNorm(1, C, affine=False)); "none": no norm at all
     norm: Literal["batch", "layer", "none"] = "batch"
-    activation: Literal["relu", "sigmoid"] = "relu"  # every block's nonlinearity
+    # every block's nonlinearity: PyTorch's LeakyReLU (slope 0.01), PReLU (one learned
+    # slope a block, from 0.25)
+    activation: Literal["relu", "sigmoid", "leaky_relu", "prelu"] = "relu"
     # the head: global average pool then a 1x1 conv to 10, or flatten then a dense layer
     head: Literal["gap", "dense"] = "gap"
     label_smoothing: float = 0.0

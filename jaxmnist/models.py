@@ -141,7 +141,7 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
 
 DROPOUT_AT = ("blocks", "pools")
 NORMS = ("batch", "layer", "none")
-ACTIVATIONS = ("relu", "sigmoid")
+ACTIVATIONS = ("relu", "sigmoid", "leaky_relu", "prelu")
 HEADS = ("gap", "dense")
 
 
@@ -159,9 +159,11 @@ class ConvBlock(nn.Module):
     3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
     nonlinearity between (as Xception's separable convs). `norm="layer"`: a norm
     without parameters (each image standardised over H, W and C) in BatchNorm's place.
-    `norm="none"`: no norm. `activation="sigmoid"`: a sigmoid in the ReLU's place.
-    `repeats` > 1: the block applied that many times with the same conv, each time
-    with its own norm (bn1, bn2, ... or ln1, ln2, ...) and dropout."""
+    `norm="none"`: no norm. `activation`: in the ReLU's place, "sigmoid", "leaky_relu"
+    (slope 0.01 below 0, PyTorch's LeakyReLU) or "prelu" (a learned slope below 0, one
+    per block, from 0.25: PyTorch's PReLU()). `repeats` > 1: the block applied that
+    many times with the same conv, each time with its own norm (bn1, bn2, ... or ln1,
+    ln2, ...), PReLU slope and dropout."""
 
     features: int
     padding: str | int
@@ -196,9 +198,12 @@ class ConvBlock(nn.Module):
                 self.features, (3, 3), padding=self.padding, use_bias=self.bias,
                 kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * channels),
                 name="conv")
-        act = nn.sigmoid if self.activation == "sigmoid" else nn.relu
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
+            act = {"relu": nn.relu, "sigmoid": nn.sigmoid,
+                   "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.01),
+                   "prelu": lambda x, name=f"prelu{suffix}": nn.PReLU(
+                       negative_slope_init=0.25, name=name)(x)}[self.activation]
             x = conv(x)
             if self.norm == "none":
                 norm = lambda x: x  # noqa: E731

@@ -76,6 +76,21 @@ def variable_shapes(config: configs.Config) -> dict:
                           jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
 
 
+# An init runs once: on a CPU it is compiled without LLVM's optimisations, which take
+# most of its compile (5-15x as long: seconds for a small net, a threefry draw per
+# layer). The weights are the same bits; a uniform draw (conv biases) may round once
+# differently, for want of a fused multiply-add (tests/test_models.py).
+INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def init_variables(model: Net, rng: jax.Array, images: jax.Array) -> dict:
+    """`model.init(rng, images, train=False)`, compiled whole (op by op, each of its many
+    small ops would be compiled on its own), with `INIT_CPU_OPTIONS` on a CPU."""
+    options = INIT_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(functools.partial(model.init, train=False), compiler_options=options)(
+        rng, images)
+
+
 def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedule:
     if config.schedule == "constant":
         return optax.constant_schedule(config.lr)
@@ -95,7 +110,7 @@ def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: 
     """The state of step 0 of `config`'s run; `teacher` (model, variables), the trained
     net whose logits `train_step` distils (`rundir.load_teacher`), if any."""
     model = make_model(config)
-    variables = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
+    variables = init_variables(model, rng, jnp.zeros((1, 28, 28, 1), jnp.float32))
     # A net without BatchNorm (norm="layer") has no statistics: an empty collection.
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     schedule = make_schedule(config, steps_per_epoch)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import kernels
+from jaxmnist import kernels, steps
 from jaxmnist.models import Net
 
 
@@ -66,10 +66,10 @@ def test_hash_dropout_module_matches_nn_dropout_contract():
 def test_max_pool_2x2_matches_nn_max_pool_values_and_grads():
     x = jax.random.normal(jax.random.key(0), (3, 28, 28, 5))
     ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
-    chex.assert_trees_all_close(kernels.max_pool_2x2(x), ref(x))
     w = jax.random.normal(jax.random.key(1), (3, 14, 14, 5))
-    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * w))(x)  # noqa: E731
-    chex.assert_trees_all_close(grad(kernels.max_pool_2x2), grad(ref))
+    # Each compiled whole: the value and the gradient.
+    both = lambda f: jax.jit(lambda x: (f(x), jax.grad(lambda x: jnp.sum(f(x) * w))(x)))(x)  # noqa: E731
+    chex.assert_trees_all_close(both(kernels.max_pool_2x2), both(ref))
     with pytest.raises(ValueError, match="even"):
         kernels.max_pool_2x2(jnp.zeros((1, 7, 8, 1)))
 
@@ -117,22 +117,24 @@ def test_batch_norm_matches_nn_batch_norm(shape):
     variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(next(k), v.shape), variables)
     variables["batch_stats"]["var"] = jnp.abs(variables["batch_stats"]["var"])
 
+    w = jax.random.normal(jax.random.key(3), shape)
     for train in (True, False):
         def run(module, variables, x, train=train):
             return module.apply(variables, x, use_running_average=not train,
                                 mutable=["batch_stats"])
 
-        (y, new), (y_ref, new_ref) = run(ours, variables, x), run(ref, variables, x)
-        chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=1e-5)
-        chex.assert_trees_all_close(new, new_ref, atol=1e-5, rtol=1e-5)
-        w = jax.random.normal(jax.random.key(3), shape)
-
-        def grads(module, w=w, run=run):
+        def outputs_and_grads(module, variables, x, run=run):
             def loss(params, x):
                 return jnp.sum(run(module, {**variables, "params": params}, x)[0] * w)
-            return jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+            return run(module, variables, x), jax.grad(loss, argnums=(0, 1))(
+                variables["params"], x)
 
-        chex.assert_trees_all_close(grads(ours), grads(ref), atol=1e-4, rtol=1e-4)
+        # Each compiled whole (op by op, every small op would be compiled on its own).
+        ((y, new), g), ((y_ref, new_ref), g_ref) = (
+            jax.jit(functools.partial(outputs_and_grads, m))(variables, x) for m in (ours, ref))
+        chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(new, new_ref, atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(g, g_ref, atol=1e-4, rtol=1e-4)
     # In training the output is normalised with the batch's own statistics.
     y, _ = ours.apply({**variables, "params": {"scale": jnp.ones(shape[-1]),
                                                "bias": jnp.zeros(shape[-1])}},
@@ -184,14 +186,17 @@ def test_compiler_options_turn_ynnpack_off_on_cpu_only():
 def test_fast_and_plain_nets_agree():
     x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
     fast, plain = Net(fast=True), Net(fast=False)
-    variables = fast.init(jax.random.key(1), x)
-    chex.assert_trees_all_equal_structs(variables, plain.init(jax.random.key(1), x))
-    chex.assert_trees_all_close(fast.apply(variables, x), plain.apply(variables, x), atol=1e-4)
+    variables = steps.init_variables(fast, jax.random.key(1), x)
+    chex.assert_trees_all_equal_structs(variables, jax.eval_shape(plain.init, jax.random.key(1), x))
+
+    def outputs(model, train=False):  # compiled whole, not op by op
+        return jax.jit(lambda v: model.apply(v, x, train=train, mutable=["batch_stats"])[0])(
+            variables)
+
+    chex.assert_trees_all_close(outputs(fast), outputs(plain), atol=1e-4)
     # In training mode they differ only by the dropout masks: equal with dropout off.
     fast0, plain0 = Net(dropout_rate=0.0, fast=True), Net(dropout_rate=0.0, fast=False)
-    out_f, _ = fast0.apply(variables, x, train=True, mutable=["batch_stats"])
-    out_p, _ = plain0.apply(variables, x, train=True, mutable=["batch_stats"])
-    chex.assert_trees_all_close(out_f, out_p, atol=1e-4)
+    chex.assert_trees_all_close(outputs(fast0, True), outputs(plain0, True), atol=1e-4)
 
 
 @pytest.mark.parametrize("padding", [1, "VALID"])
@@ -203,14 +208,18 @@ def test_depthwise_conv_matches_the_grouped_conv_values_and_grads(padding, shape
     ref = nn.Conv(shape[-1], (3, 3), padding=padding, feature_group_count=shape[-1])
     variables = ours.init(jax.random.key(1), x)
     chex.assert_trees_all_equal_shapes(variables, ref.init(jax.random.key(1), x))
-    chex.assert_trees_all_close(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
-    w = jax.random.normal(jax.random.key(2), ref.apply(variables, x).shape)
+    out_shape = jax.eval_shape(ref.apply, variables, x).shape
+    w = jax.random.normal(jax.random.key(2), out_shape)
 
-    def grads(module):
-        return jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * w), argnums=(0, 1))(
-            variables, x)
+    @functools.partial(jax.jit, static_argnums=0)  # compiled whole, not op by op
+    def outputs_and_grads(which, variables, x):
+        module = (ours, ref)[which]
+        return module.apply(variables, x), jax.grad(
+            lambda v, x: jnp.sum(module.apply(v, x) * w), argnums=(0, 1))(variables, x)
 
-    chex.assert_trees_all_close(grads(ours), grads(ref), atol=1e-4, rtol=1e-5)
+    (y, g), (y_ref, g_ref) = outputs_and_grads(0, variables, x), outputs_and_grads(1, variables, x)
+    chex.assert_trees_all_close(y, y_ref, atol=1e-5)
+    chex.assert_trees_all_close(g, g_ref, atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="padding must be 'VALID' or 1"):
         kernels.DepthwiseConv3x3("SAME").init(jax.random.key(1), x)
 

@@ -40,7 +40,7 @@ def measured_fields(arch: str, size: int = 48, images: int = 4
     layers = len(model.arch.split())
     x = jnp.tile(jax.random.normal(jax.random.key(1), (images, size, size, 1)),
                  (2 * layers, 1, 1, 1))
-    variables = model.init(jax.random.key(0), x[:1])
+    variables = steps.init_variables(model, jax.random.key(0), x[:1])
 
     @jax.jit
     def gradients(x):

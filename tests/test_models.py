@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmnist import steps
 from jaxmnist.models import (
     NUM_PARAMS,
     SEED_ARCH,
@@ -27,8 +28,7 @@ def summary(model, variables):
 def init(model=None, batch=2):
     model = model or Net()
     x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
-    # Compiled whole: op by op, each of the net's ops would be compiled on its own.
-    return model, jax.jit(model.init)(jax.random.key(1), x), x
+    return model, steps.init_variables(model, jax.random.key(1), x), x
 
 
 def shapes(model, batch=2):
@@ -36,6 +36,41 @@ def shapes(model, batch=2):
     is computed or compiled."""
     x = jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32)
     return model, jax.eval_shape(model.init, jax.random.key(1), x), x
+
+
+def test_the_init_compiled_for_speed_gives_the_values_of_the_plain_init():
+    # steps.init_variables compiles without LLVM's optimisations on a CPU: the weights are
+    # the same bits, a uniform draw (the biases, all under 1 in size) within one rounding
+    # of a float32 near 1.
+    model = Net(arch="c4 dc8 p t4", bias=True)  # plain and separable convs, a transition
+    x = jnp.zeros((1, 28, 28, 1))
+    ours = steps.init_variables(model, jax.random.key(3), x)
+    plain = jax.jit(model.init)(jax.random.key(3), x)
+    chex.assert_trees_all_close(ours, plain, rtol=0, atol=2.0**-23)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(plain)):
+        if path[-1].key == "kernel":
+            chex.assert_trees_all_equal(a, b)
+
+
+@pytest.mark.parametrize("activation, slope, extra", [("leaky_relu", 0.01, 0), ("prelu", 0.25, 1)])
+def test_leaky_and_parametric_relus_pass_their_slope_below_zero(activation, slope, extra):
+    from jaxmnist.models import ConvBlock
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    block = ConvBlock(4, 1, 0.0, norm="none", activation=activation, repeats=2)
+    variables = block.init(jax.random.key(1), x, train=False)
+    # One slope per application of a block (PReLU), as each has its own norm.
+    assert count_params(variables["params"]) == 9 * 4 * 4 + 2 * extra
+    kernel = variables["params"]["conv"]["kernel"]
+    y = x
+    for _ in range(2):
+        y = jax.lax.conv_general_dilated(y, kernel, (1, 1), [(1, 1), (1, 1)],
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jnp.where(y > 0, y, slope * y)
+    chex.assert_trees_all_close(block.apply(variables, x, train=False), y, atol=1e-5)
+    _, variables, _ = shapes(Net(arch="c4 p v8", activation=activation))
+    assert count_params(variables["params"]) == (9 * 4 + 9 * 4 * 8 + 2 * (4 + 8) + 8 * 10
+                                                 + 2 * extra)
 
 
 def test_parameter_count_is_12088():
