@@ -152,7 +152,8 @@ ASPECTS = [
      + (", BatchNorm before ReLU" if c.get("bn_before_relu") else "")
      + (", layer norm" if c.get("norm") == "layer" else "")
      + (", no norm" if c.get("norm") == "none" else "")
-     + (", sigmoid" if c.get("activation") == "sigmoid" else "")
+     + ({"sigmoid": ", sigmoid", "leaky_relu": ", leaky ReLU", "prelu": ", PReLU"}.get(
+        c.get("activation"), ""))
      + (", dense head" if c.get("head") == "dense" else "")),
     ("epochs", lambda c: f"{c['epochs']} epochs"),
     ("schedule", _schedule),
@@ -164,12 +165,14 @@ ASPECTS = [
      if c.get("label_smoothing") else "no label smoothing"),
     ("weight average", lambda c: f"weight average (EMA) {c['ema_decay']:g}"
      if c.get("ema_decay") else "no weight average"),
+    ("test-time augmentation", lambda c: f"test-time augmentation ({c['tta']} shifts)"
+     if c.get("tta") else "one pass"),
     ("teacher", lambda c: f"distilled from `{c['teacher']}` (weight {c['distill_weight']:g}, "
      f"T {c['distill_temperature']:g})" if c.get("teacher") else "no teacher"),
 ]
 # Said only where a round's runs differ in it (the runs before distillation existed
 # have no teacher, and their descriptions do not mention one).
-UNSAID = {"no teacher"}
+UNSAID = {"no teacher", "one pass"}
 
 
 def describe(config: dict, aspects=None, unsaid=UNSAID) -> str:
@@ -241,10 +244,16 @@ def round_table(name: str) -> str:
     groups: dict[str, list[Path]] = {}
     for run, config in zip(runs, configs):
         groups.setdefault(describe(config, varying) + f"|{config['arch']}", []).append(run)
+    split = "val" if configs[0]["validation"] else "test"
+    # Rounds with test-time augmentation: the single pass per seed, then the mean with 4
+    # and with 8 shifts, all from the same evaluations (metrics' accuracy_by_shifts).
+    shifts = [k for k in ("4", "8") if all(
+        k in load(r)[1][-1].get(f"{split}_accuracy_by_shifts", {}) for r in runs)]
     rows = []
     for group in groups.values():
         config, rows_ = load(group[0])
-        finals = [accuracy(r) for r in group]
+        finals = [100 * load(r)[1][-1][f"{split}_accuracy_by_shifts"]["0"] if shifts
+                  else accuracy(r) for r in group]
         train = statistics.mean(100 * load(r)[1][-1]["train_accuracy"] for r in group)
         seeds = ", ".join(str(load(r)[0]["seed"]) for r in group)
         unfinished = [r.name for r in group if len(load(r)[1]) != load(r)[0]["epochs"]]
@@ -253,13 +262,16 @@ def round_table(name: str) -> str:
         names = ", ".join(f"`{r.name}`" for r in group)
         rows.append([names, describe(config, varying, unsaid=()) if varying else "–",
                      f"{params_of(config):,}", seeds,
-                     ", ".join(f"{a:.2f}" for a in finals), f"**{mean_std(finals)}**",
-                     f"{train:.2f}"])
+                     ", ".join(f"{a:.2f}" for a in finals), f"**{mean_std(finals)}**"]
+                    + [mean_std([100 * load(r)[1][-1][f"{split}_accuracy_by_shifts"][k]
+                                 for r in group]) for k in shifts] + [f"{train:.2f}"])
+    single = " (single pass)" if shifts else ""
     return (f"Common to `selection/{name}/`: {common}; evaluated on the validation split "
             f"(the last {configs[0]['validation']:,} training images).\n\n"
             + table(["runs", "what differs" if varying else "recipe", "params", "seeds",
-                     "final-epoch val accuracy (%)", "mean", "final train accuracy (%)"],
-                    rows))
+                     f"final-epoch val accuracy{single} (%)", "mean"]
+                    + [f"with {k} shifts (mean)" for k in shifts]
+                    + ["final train accuracy (%)"], rows))
 
 
 def frontier_table() -> str:

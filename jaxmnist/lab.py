@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import re
 import threading
 import time
@@ -134,23 +133,21 @@ def config_of(request: dict, *, training: bool = False) -> configs.Config:
 def activations_per_image(rows) -> int:
     """The values a net's layers hold for one image (each shared block's K applications
     counted): what its training memory grows with, times the batch."""
-    return sum(math.prod(r.output) * (int(m[1]) if (m := re.search(r"x(\d+)$", r.token)) else 1)
-               for r in rows[:-1])
+    return sum(r.activations for r in rows[:-1])
 
 
 def over_limit(config: configs.Config, rows) -> str | None:
     """One line naming the limit `config`'s net is over, or None."""
     params, madds = totals(rows)
-    for what, value in (("params", params), ("madds", madds),
-                        ("activations", activations_per_image(rows)),
-                        ("batch_size", config.batch_size)):
+    for what, words, value in (("params", "parameters", params),
+                               ("madds", "multiply-adds per image", madds),
+                               ("activations", "activations per image",
+                                activations_per_image(rows))):
         if value > LIMITS[what]:
-            words = {"params": "parameters", "madds": "multiply-adds per image",
-                     "activations": "activations per image", "batch_size": "a batch of"}[what]
-            if what == "batch_size":
-                return (f"options.batch_size: {value:,} is over the lab's limit of "
-                        f"{LIMITS[what]:,}")
             return f"arch: {value:,} {words} is over the lab's limit of {LIMITS[what]:,}"
+    if config.batch_size > LIMITS["batch_size"]:
+        return (f"options.batch_size: {config.batch_size:,} is over the lab's limit of "
+                f"{LIMITS['batch_size']:,}")
     return None
 
 

@@ -329,6 +329,8 @@ class Row(NamedTuple):
     madds: int  # multiply-adds per image (convs and the head; pools, norms, ReLUs: none)
     sees: tuple[int, int]  # the first and last input row (= column) its units see together
     start: float  # the input row (= column) at the centre of the first unit's window
+    # the values it holds for one image: each application of a shared block counted
+    activations: int = 0
 
     def window(self, unit: int) -> tuple[int, int]:
         """The first and last input row (= column) that unit `unit` (a row or column
@@ -370,29 +372,30 @@ def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
             valid = kind.endswith("valid")
             per_pixel = (9 * channels + channels * features if kind.startswith("separable")
                          else 9 * channels * features)
-            madds = 0
+            madds = activations = 0
             for _ in range(repeats):
                 start += jump if valid else 0  # a valid conv's first unit is one in
                 field += 2 * jump  # a 3x3 conv: (3 - 1) jumps more
                 size -= 2 if valid else 0
                 madds += size * size * per_pixel
+                activations += size * size * features
         elif kind in ("pool", "space_to_depth"):
             start += jump / 2  # the centre of a 2x2 window, half a jump in
             field += jump
             jump *= 2
             size //= 2
             features = channels * (4 if kind == "space_to_depth" else 1)
-            madds = 0
+            madds, activations = 0, size * size * features
         else:  # a transition: a 1x1 conv
-            madds = size * size * channels * features
+            madds, activations = size * size * channels * features, size * size * features
         rows.append(Row(name, token, (size, size, features), count_params(params.get(name, {})),
-                        field, jump, madds, seen(size), start))
+                        field, jump, madds, seen(size), start, activations))
         channels = features
     # The head: the average pool (or the dense layer) sees every unit of the last layer.
     head_in = channels if model.head == "gap" else size * size * channels
     rows.append(Row("head", model.head, (10,), count_params(params["head"]),
                     field + (size - 1) * jump, 0, head_in * 10, seen(size),
-                    start + (size - 1) * jump / 2))
+                    start + (size - 1) * jump / 2, 10))
     return rows
 
 

@@ -84,6 +84,12 @@ def test_each_row_has_the_layer_s_output_and_the_params_add_up(arch):
     assert params == sum(np.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
 
 
+def test_a_row_holds_each_application_s_activations():
+    rows = layer_table(Net(arch="c4 p v4x3 t2"))
+    assert [r.activations for r in rows] == [
+        28 * 28 * 4, 14 * 14 * 4, 4 * (12 * 12 + 10 * 10 + 8 * 8), 8 * 8 * 2, 10]
+
+
 def test_the_seed_net_s_table_by_hand():
     rows = layer_table(Net())
     assert [r.token for r in rows] == SEED_ARCH.split() + ["gap"]
