@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -169,7 +170,48 @@ def load_groups(results: Path) -> list[dict]:
     return sorted(out, key=lambda g: g["params"])
 
 
-def write_table(groups: list[dict], path: Path) -> None:
+# Test-time augmentation, a category of its own: for each recipe, its own runs on the
+# validation split with --tta 8 (each also recording the single pass and 4 shifts), from
+# which the number of shifts is chosen, and the test-set scores of its committed
+# checkpoints with each number of shifts (studies/tta_probe.jsonl, experiments/tta_probe.py).
+TTA_SELECTION = {"fast": "selection/fast-14/tta8", "tiny": "selection/tiny-11/tta8",
+                 "micro": "selection/micro-3/tta8", "nano": "selection/nano-7/tta8"}
+
+
+def tta_points(results: Path) -> list[dict]:
+    """One point per recipe of `TTA_SELECTION` that the probe scored: the number of
+    shifts with the higher mean validation accuracy over the selection runs' seeds (4
+    where equal), and the committed seeds' final test accuracy with it."""
+    probe = results / "studies" / "tta_probe.jsonl"
+    if not probe.exists():
+        return []
+    lines = [json.loads(line) for line in probe.read_text().splitlines() if line.strip()]
+    out = []
+    for recipe, base in TTA_SELECTION.items():
+        selection = [p.parent for p in sorted((results / base).parent.glob(
+            f"{Path(base).name}*/metrics.jsonl")) if re.fullmatch(
+                rf"{re.escape(Path(base).name)}(-seed\d+)?", p.parent.name)]
+        tests = [line for line in lines
+                 if re.fullmatch(rf"{recipe}(-seed\d+)?", Path(line["run"]).name)]
+        if not selection or not tests:
+            continue
+        val = {k: statistics.mean(100 * json.loads((run / "metrics.jsonl").read_text()
+                                                    .splitlines()[-1])
+                                  ["val_accuracy_by_shifts"][k] for run in selection)
+               for k in ("0", "4", "8")}
+        shifts = "8" if val["8"] > val["4"] else "4"
+        accuracies = [100 * line["test_accuracy_by_shifts"][shifts] for line in tests]
+        single = [100 * line["test_accuracy_by_shifts"]["0"] for line in tests]
+        out.append({"recipe": recipe, "shifts": int(shifts), "validation": val,
+                    "selection": [r.relative_to(results).as_posix() for r in selection],
+                    "params": count_params(read_run(results / recipe)[0]),
+                    "accuracies": accuracies, "mean": statistics.mean(accuracies),
+                    "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                    "single": statistics.mean(single)})
+    return out
+
+
+def write_table(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
     lines = [
         "# Frontier (written by `python experiments/frontier.py`)",
         "",
@@ -196,13 +238,23 @@ def write_table(groups: list[dict], path: Path) -> None:
             f"| `{g['name']}` | `{g['arch']}` | {g['params']:,} | {g['epochs']} | "
             f"{len(g['runs'])} | **{g['mean']:.2f}**{spread} | {per_seed} | "
             f"{g['seconds']:.0f}{'' if g['timed_alone'] else ' (shared)'}{machine} | {ips} |")
+    if tta:
+        lines += ["", "Test-time augmentation, drawn apart (hollow diamonds): the recipe's "
+                  "committed seeds scored with the image and its one-pixel shifts, the number "
+                  "of shifts chosen on the validation split (studies/tta_probe.jsonl):", "",
+                  "| recipe | shifts | params | seeds | test accuracy (%) | per seed |"
+                  " single pass (%) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| `{t['recipe']}` | {t['shifts']} | {t['params']:,} | "
+                  f"{len(t['accuracies'])} | **{t['mean']:.2f}** ± {t['std']:.2f} | "
+                  f"{', '.join(f'{a:.2f}' for a in t['accuracies'])} | {t['single']:.2f} |"
+                  for t in tta]
     lines += ["", "Published points drawn for comparison (test accuracy as reported):", "",
               "| params | accuracy (%) | how reported | source |", "| --- | --- | --- | --- |"]
     lines += [f"| {p:,} | {a:.2f} | {how} | {src} |" for p, a, how, src, _ in PUBLISHED]
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot(groups: list[dict], path: Path) -> None:
+def plot(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,6 +291,15 @@ def plot(groups: list[dict], path: Path) -> None:
             ax.annotate(label, (x, y), fontsize=8, color=bar[0].get_color(),
                         xytext=offset, textcoords="offset points",
                         ha="right" if crowded else "left", va="top" if crowded else "bottom")
+    for t in tta:  # its own category: hollow diamonds, on the size panel only
+        below = t["mean"] < Y_FLOOR
+        y = Y_FLOOR + 0.02 if below else t["mean"]
+        ax_p.errorbar(t["params"], y, yerr=None if below else t["std"] or None, fmt="D",
+                      mfc="none", color="black", capsize=3, ms=6)
+        ax_p.annotate(f"{t['recipe']} + TTA {t['shifts']} (n={len(t['accuracies'])})"
+                      + (f": {t['mean']:.2f} %, below the axis" if below else ""),
+                      (t["params"], y), fontsize=7, xytext=(6, -4), textcoords="offset points",
+                      va="top")
     for ax, label in ((ax_p, "parameters"), (ax_t, "seconds of training epochs, 2 CPU cores")):
         ax.axhline(99.4, color="grey", ls="--", lw=1)
         ax.set(xscale="log", xlabel=label, ylabel="final-epoch test accuracy (%)")
@@ -248,7 +309,8 @@ def plot(groups: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     ax_p.set_xlim(left=250)
     ax_p.set_title("Accuracy against size (grey: published, squares at their final epoch,\n"
-                   "crosses at a best, early-stopped or 50th epoch; see frontier.md)")
+                   "crosses at a best, early-stopped or 50th epoch; hollow diamonds:\n"
+                   "test-time augmentation, a category apart; see frontier.md)")
     ax_t.set_title("Accuracy against seconds of epochs (hollow: shared cores;\n"
                    "machines differ, so compare points of the same machine only)")
     fig.tight_layout()
@@ -260,11 +322,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=REPO / "experiments/results")
     args = p.parse_args()
-    groups = load_groups(args.results)
+    groups, tta = load_groups(args.results), tta_points(args.results)
     out = args.results / "studies" / "frontier"
     out.mkdir(parents=True, exist_ok=True)
-    write_table(groups, out / "frontier.md")
-    plot(groups, out / "frontier.png")
+    write_table(groups, out / "frontier.md", tta)
+    plot(groups, out / "frontier.png", tta)
     print((out / "frontier.md").read_text())
     return 0
 

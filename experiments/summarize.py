@@ -274,6 +274,43 @@ def round_table(name: str) -> str:
                     + ["final train accuracy (%)"], rows))
 
 
+def tta_probe_table() -> str:
+    """The committed recipes' final checkpoints scored again on the test set with 0, 4
+    and 8 shifts (experiments/tta_probe.py), the seeds of each recipe grouped."""
+    groups: dict[str, list[dict]] = {}
+    for line in _jsonl(RESULTS / "studies" / "tta_probe.jsonl"):
+        groups.setdefault(re.sub(r"-seed\d+$", "", Path(line["run"]).name), []).append(line)
+    rows = []
+    for name, lines in groups.items():
+        config = load(REPO / lines[0]["run"])[0]
+        by = {k: [100 * line["test_accuracy_by_shifts"][k] for line in lines]
+              for k in ("0", "4", "8")}
+        rows.append([f"`{name}`", f"{params_of(config):,}", len(lines),
+                     mean_std([100 * line["recorded_test_accuracy"] for line in lines]),
+                     mean_std(by["0"]), f"**{mean_std(by['4'])}**",
+                     f"**{mean_std(by['8'])}** ({', '.join(f'{a:.2f}' for a in by['8'])})"])
+    cpus = sorted({line["cpu"] for lines in groups.values() for line in lines})
+    return (table(["recipe", "params", "seeds", "final test accuracy, as recorded (%)",
+                   "single pass, again (%)", "4 shifts (%)", "8 shifts (%), per seed"], rows)
+            + f"\nScored on {', '.join(cpus)}.")
+
+
+def tta_frontier_table() -> str:
+    """Test-time augmentation as its own category (`frontier.tta_points`): the number of
+    shifts chosen on validation, and the committed seeds' test accuracy with it."""
+    from frontier import tta_points
+
+    rows = [[f"`{t['recipe']}` + {t['shifts']} shifts", f"{t['params']:,}",
+             ", ".join(f"`{r}`" for r in t["selection"]),
+             " / ".join(f"{t['validation'][k]:.2f}" for k in ("0", "4", "8")),
+             f"{t['single']:.2f}", f"**{mean_std(t['accuracies'])}**",
+             ", ".join(f"{a:.2f}" for a in t["accuracies"])] for t in tta_points(RESULTS)]
+    return table(["recipe and shifts", "params", "chosen on (validation runs)",
+                  "val accuracy: one pass / 4 / 8 shifts (mean, %)",
+                  "test accuracy, one pass (%)", "test accuracy with the shifts (%)",
+                  "per seed"], rows)
+
+
 def frontier_table() -> str:
     from frontier import PUBLISHED, load_groups
 
@@ -474,6 +511,8 @@ TABLES = {
     "runs": lambda *bases: runs_table(list(bases)),
     "round": round_table,
     "frontier": frontier_table,
+    "tta-probe": tta_probe_table,
+    "tta-frontier": tta_frontier_table,
     "time-to-accuracy": time_to_accuracy_table,
     "compare": compare_table,
     "bench": bench_table,
