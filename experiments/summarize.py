@@ -154,7 +154,8 @@ ASPECTS = [
      + (", no norm" if c.get("norm") == "none" else "")
      + ({"sigmoid": ", sigmoid", "leaky_relu": ", leaky ReLU", "prelu": ", PReLU"}.get(
         c.get("activation"), ""))
-     + (", dense head" if c.get("head") == "dense" else "")),
+     + (", dense head" if c.get("head") == "dense" else "")
+     + (", no head layer" if c.get("head") == "none" else "")),
     ("epochs", lambda c: f"{c['epochs']} epochs"),
     ("schedule", _schedule),
     ("optimizer", _optimizer),

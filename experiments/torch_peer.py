@@ -59,6 +59,8 @@ def build(config) -> nn.Sequential:
         size = [layer.output[0] for layer in layer_table(Net(arch=config.arch))][-2]
         layers += [Permute(0, 2, 3, 1), nn.Flatten(1),
                    nn.Linear(size * size * channels, 10, bias=config.bias)]
+    elif config.head == "none":  # the last layer's 10 channels, averaged, are the logits
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
     else:
         layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=config.bias),
                    nn.Flatten(1)]

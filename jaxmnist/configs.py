@@ -7,7 +7,7 @@ import math
 import typing
 from typing import Literal
 
-from jaxmnist.models import SEED_ARCH, ArchError, parse_arch
+from jaxmnist.models import SEED_ARCH, ArchError, out_channels, parse_arch
 
 MNIST_TRAIN_IMAGES = 60_000
 
@@ -47,8 +47,9 @@ class Config:
     # every block's nonlinearity: PyTorch's LeakyReLU (slope 0.01), PReLU (one learned
     # slope a block, from 0.25)
     activation: Literal["relu", "sigmoid", "leaky_relu", "prelu"] = "relu"
-    # the head: global average pool then a 1x1 conv to 10, or flatten then a dense layer
-    head: Literal["gap", "dense"] = "gap"
+    # the head: global average pool then a 1x1 conv to 10, or flatten then a dense layer;
+    # "none": no head layer, the global average pool of the last layer's 10 channels
+    head: Literal["gap", "dense", "none"] = "gap"
     label_smoothing: float = 0.0
     # distillation: a trained run's directory whose eval-mode logits on each training batch
     # are soft targets; the loss is (1 - w)·CE(labels) + w·T²·KL(softmax(teacher/T) ‖
@@ -125,6 +126,10 @@ class Config:
                 if getattr(self, name) != self.__dataclass_fields__[name].default:
                     raise ConfigError(name, "needs a teacher (a trained run's directory), "
                                       "got none")
+        if self.head == "none" and out_channels(self.arch) != 10:
+            raise ConfigError("head", f"'none' takes the last layer's channels as the 10 "
+                              f"logits; {self.arch.split()[-1]!r} gives "
+                              f"{out_channels(self.arch)}")
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov", "needs a momentum > 0, got momentum 0")
         if self.optimizer != "adam":

@@ -32,7 +32,8 @@ image's activations standardised over height, width and channels together (PyTor
 `activation="sigmoid"` puts Part A's sigmoid where every block's ReLU is.
 `head="dense"` replaces the global average pool by a flatten and a dense layer to the
 10 logits (H·W·C·10 params, + 10 with `bias`; PyTorch's `Flatten` + `Linear`, in that
-order of H, W, C).
+order of H, W, C). `head="none"`: no head layer; the last layer has 10 channels, and
+their global average pool is the logits.
 Parameter counts are PyTorch's: weights, biases and BatchNorm's scale and offset; not
 its running statistics.
 
@@ -67,6 +68,14 @@ NUM_PARAMS = 12_088  # of the seed net
 
 class ArchError(ValueError):
     """An `arch` string that does not describe a net."""
+
+
+def out_channels(arch: str) -> int:
+    """The channels of the last layer of `arch` (a valid layer string)."""
+    channels = 1
+    for kind, _, features, _ in parse_arch(arch):
+        channels = {"pool": channels, "space_to_depth": 4 * channels}.get(kind, features)
+    return channels
 
 
 _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
@@ -142,7 +151,7 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
 DROPOUT_AT = ("blocks", "pools")
 NORMS = ("batch", "layer", "none")
 ACTIVATIONS = ("relu", "sigmoid", "leaky_relu", "prelu")
-HEADS = ("gap", "dense")
+HEADS = ("gap", "dense", "none")
 
 
 def space_to_depth(x: jax.Array) -> jax.Array:
@@ -295,7 +304,12 @@ class Net(nn.Module):
             return nn.Dense(10, use_bias=self.bias, kernel_init=torch_conv_init,
                             bias_init=torch_conv_bias_init(x.shape[-1]), name="head")(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
-        x = self._conv1x1(x, 10, "head")
+        if self.head == "none":  # the last layer's 10 channels are the logits
+            if x.shape[-1] != 10:
+                raise ArchError(f"head 'none' takes the last layer's channels as the 10 "
+                                f"logits; {self.arch.split()[-1]!r} gives {x.shape[-1]}")
+        else:
+            x = self._conv1x1(x, 10, "head")
         return x.reshape(x.shape[0], 10)
 
     def _conv1x1(self, x: jax.Array, features: int, name: str) -> jax.Array:
@@ -392,8 +406,8 @@ def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
                         field, jump, madds, seen(size), start, activations))
         channels = features
     # The head: the average pool (or the dense layer) sees every unit of the last layer.
-    head_in = channels if model.head == "gap" else size * size * channels
-    rows.append(Row("head", model.head, (10,), count_params(params["head"]),
+    head_in = {"gap": channels, "dense": size * size * channels, "none": 0}[model.head]
+    rows.append(Row("head", model.head, (10,), count_params(params.get("head", {})),
                     field + (size - 1) * jump, 0, head_in * 10, seen(size),
                     start + (size - 1) * jump / 2, 10))
     return rows

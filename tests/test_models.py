@@ -73,6 +73,25 @@ def test_leaky_and_parametric_relus_pass_their_slope_below_zero(activation, slop
                                                  + 2 * extra)
 
 
+def test_without_a_head_layer_the_last_layer_s_10_channels_averaged_are_the_logits():
+    from jaxmnist.configs import Config, ConfigError
+    from jaxmnist.models import layer_outputs
+
+    model = Net(arch="c4 p dc8 v10", head="none", dropout_rate=0.0)
+    x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+    variables = steps.init_variables(model, jax.random.key(1), x)
+    assert "head" not in variables["params"]
+    logits, outputs = jax.jit(lambda v, x: layer_outputs(model, v, x))(variables, x)
+    chex.assert_trees_all_close(logits, outputs[-1].mean(axis=(1, 2)), atol=1e-6)
+    head = layer_table(model, variables)[-1]
+    assert (head.token, head.params, head.madds) == ("none", 0, 0)
+    with pytest.raises(ConfigError, match="head 'none' takes the last layer's channels as "
+                       "the 10 logits; 'v8' gives 8"):
+        Config(arch="c4 p v8", head="none")
+    with pytest.raises(ArchError, match="'v8' gives 8"):
+        Net(arch="c4 p v8", head="none").init(jax.random.key(0), x)
+
+
 def test_parameter_count_is_12088():
     _, variables, _ = shapes(Net())
     assert count_params(variables["params"]) == NUM_PARAMS == 12_088

@@ -95,7 +95,7 @@ def table_lines(rows, image: int = 28) -> list[str]:
     lines += ["field: the input pixels one unit sees; jump: the input pixels between "
               "neighbouring units.",
               f"The last layer's units see {rows[-2].field}x{rows[-2].field}; the head's "
-              f"{'average pool' if rows[-1].token == 'gap' else 'dense layer'} sees {seen}."]
+              f"{'dense layer' if rows[-1].token == 'dense' else 'average pool'} sees {seen}."]
     return lines
 
 
