@@ -54,17 +54,19 @@ def load(run: Path) -> tuple[dict, list[dict]]:
 
 
 @functools.cache
-def params(arch: str, bias: bool = False, norm: str = "batch", head: str = "gap") -> int:
+def params(arch: str, bias: bool = False, norm: str = "batch", head: str = "gap",
+           activation: str = "relu") -> int:
     from jaxmnist.configs import Config
     from jaxmnist.models import count_params
     from jaxmnist.steps import variable_shapes
 
-    return count_params(variable_shapes(Config(arch=arch, bias=bias, norm=norm,
-                                               head=head))["params"])
+    return count_params(variable_shapes(Config(arch=arch, bias=bias, norm=norm, head=head,
+                                               activation=activation))["params"])
 
 
 def params_of(config: dict) -> int:
-    return params(config["arch"], config["bias"], config["norm"], config["head"])
+    return params(config["arch"], config["bias"], config["norm"], config["head"],
+                  config["activation"])
 
 
 def accuracy(run: Path, epoch: int = -1) -> float:

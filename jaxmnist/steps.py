@@ -77,9 +77,10 @@ def variable_shapes(config: configs.Config) -> dict:
 
 
 # An init runs once: on a CPU it is compiled without LLVM's optimisations, which take
-# most of its compile (5-15x as long: seconds for a small net, a threefry draw per
-# layer). The weights are the same bits; a uniform draw (conv biases) may round once
-# differently, for want of a fused multiply-add (tests/test_models.py).
+# most of its compile (2-5 s against 0.5-0.7 s for the recipes' nets on a Zen 4:
+# experiments/init_compile.py). The weights are the same bits; a uniform draw (conv
+# biases) may round once differently, for want of a fused multiply-add
+# (tests/test_models.py).
 INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
