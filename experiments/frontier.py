@@ -90,10 +90,10 @@ def read_run(run: Path):
     """(config, metrics records) of a finished test-set run; None for a validation run
     or an unfinished one."""
     from jaxmnist.configs import Config
+    from jaxmnist.rundir import read_metrics
 
     config = Config.from_dict(json.loads((run / "config.json").read_text()))
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    metrics = read_metrics(run)
     if config.validation or not metrics or metrics[-1]["epoch"] != config.epochs:
         return None
     return config, metrics
@@ -195,10 +195,10 @@ def tta_points(results: Path) -> list[dict]:
                  if re.fullmatch(rf"{recipe}(-seed\d+)?", Path(line["run"]).name)]
         if not selection or not tests:
             continue
-        val = {k: statistics.mean(100 * json.loads((run / "metrics.jsonl").read_text()
-                                                    .splitlines()[-1])
-                                  ["val_accuracy_by_shifts"][k] for run in selection)
-               for k in ("0", "4", "8")}
+        from jaxmnist.rundir import read_metrics
+
+        finals = [read_metrics(run)[-1]["val_accuracy_by_shifts"] for run in selection]
+        val = {k: statistics.mean(100 * final[k] for final in finals) for k in ("0", "4", "8")}
         shifts = "8" if val["8"] > val["4"] else "4"
         accuracies = [100 * line["test_accuracy_by_shifts"][shifts] for line in tests]
         single = [100 * line["test_accuracy_by_shifts"]["0"] for line in tests]

@@ -53,20 +53,19 @@ def load(run: Path) -> tuple[dict, list[dict]]:
     return config, [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@functools.cache
-def params(arch: str, bias: bool = False, norm: str = "batch", head: str = "gap",
-           activation: str = "relu") -> int:
-    from jaxmnist.configs import Config
-    from jaxmnist.models import count_params
-    from jaxmnist.steps import variable_shapes
-
-    return count_params(variable_shapes(Config(arch=arch, bias=bias, norm=norm, head=head,
-                                               activation=activation))["params"])
-
-
 def params_of(config: dict) -> int:
-    return params(config["arch"], config["bias"], config["norm"], config["head"],
-                  config["activation"])
+    """The parameters of the net a config.json (or a part of one) describes; the fields
+    it leaves out keep their defaults."""
+    from jaxmnist.configs import Config
+
+    return _count_params(Config.from_dict(config))
+
+
+@functools.cache
+def _count_params(config) -> int:
+    from frontier import count_params
+
+    return count_params(config)
 
 
 def accuracy(run: Path, epoch: int = -1) -> float:
@@ -383,7 +382,7 @@ def bench_table() -> str:
             continue
         arch = r.get("arch", SEED_ARCH)
         key = (r.get("cpu", "not recorded"), r.get("cores", "–"), arch,
-               r.get("params") or params(arch, False), r["batch_size"])
+               r.get("params") or params_of({"arch": arch}), r["batch_size"])
         groups.setdefault(key, []).append(r["train_images_per_s"])
     rows = [[cpu, cores, f"`{arch}`", f"{n:,}", batch, len(v),
              f"**{statistics.median(v):,.0f}**", f"{min(v):,.0f}–{max(v):,.0f}"]

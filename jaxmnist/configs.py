@@ -7,7 +7,7 @@ import math
 import typing
 from typing import Literal
 
-from jaxmnist.models import SEED_ARCH, ArchError, out_channels, parse_arch
+from jaxmnist.models import SEED_ARCH, ArchError, no_head_refusal, parse_arch
 
 MNIST_TRAIN_IMAGES = 60_000
 
@@ -126,10 +126,8 @@ class Config:
                 if getattr(self, name) != self.__dataclass_fields__[name].default:
                     raise ConfigError(name, "needs a teacher (a trained run's directory), "
                                       "got none")
-        if self.head == "none" and out_channels(self.arch) != 10:
-            raise ConfigError("head", f"'none' takes the last layer's channels as the 10 "
-                              f"logits; {self.arch.split()[-1]!r} gives "
-                              f"{out_channels(self.arch)}")
+        if self.head == "none" and (reason := no_head_refusal(self.arch)):
+            raise ConfigError("head", reason)
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov", "needs a momentum > 0, got momentum 0")
         if self.optimizer != "adam":

@@ -70,6 +70,14 @@ class ArchError(ValueError):
     """An `arch` string that does not describe a net."""
 
 
+def no_head_refusal(arch: str) -> str:
+    """Why `arch` cannot go without a head layer (`head="none"`), or "" where it can."""
+    if (channels := out_channels(arch)) == 10:
+        return ""
+    return (f"'none' takes the last layer's channels as the 10 logits; "
+            f"{arch.split()[-1]!r} gives {channels}")
+
+
 def out_channels(arch: str) -> int:
     """The channels of the last layer of `arch` (a valid layer string)."""
     channels = 1
@@ -305,9 +313,8 @@ class Net(nn.Module):
                             bias_init=torch_conv_bias_init(x.shape[-1]), name="head")(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)  # global average pool
         if self.head == "none":  # the last layer's 10 channels are the logits
-            if x.shape[-1] != 10:
-                raise ArchError(f"head 'none' takes the last layer's channels as the 10 "
-                                f"logits; {self.arch.split()[-1]!r} gives {x.shape[-1]}")
+            if reason := no_head_refusal(self.arch):
+                raise ArchError(f"head {reason}")
         else:
             x = self._conv1x1(x, 10, "head")
         return x.reshape(x.shape[0], 10)

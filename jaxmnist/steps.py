@@ -218,11 +218,13 @@ def eval_step(state: TrainState, batch: dict, tta: int = 0) -> dict:
     log_p = [jax.nn.log_softmax(state.apply_fn(variables, shifted(batch["image"], *shift),
                                                train=False))
              for shift in SHIFTS[:1 + tta]]
-    correct_by_shifts = {}
-    for shifts in (0, 4, 8)[:1 + tta // 4]:
-        mean = sum(log_p[:1 + shifts]) / (1 + shifts)
-        correct_by_shifts[shifts] = jnp.sum((jnp.argmax(mean, -1) == batch["label"]) * mask)
-    loss = optax.softmax_cross_entropy_with_integer_labels(mean, batch["label"])
+
+    def mean(shifts):
+        return sum(log_p[:1 + shifts]) / (1 + shifts)
+
+    correct_by_shifts = {shifts: jnp.sum((jnp.argmax(mean(shifts), -1) == batch["label"]) * mask)
+                         for shifts in (0, 4, 8)[:1 + tta // 4]}
+    loss = optax.softmax_cross_entropy_with_integer_labels(mean(tta), batch["label"])
     out = {"loss": jnp.sum(loss * mask), "correct": correct_by_shifts[tta]}
     if tta:
         out["correct_by_shifts"] = correct_by_shifts

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Frontier 4 (issue 43): the rounds of validation runs, each on the last 5,000 training
+# images. Every run has --tta 8, which records the single pass and 4 and 8 one-pixel
+# shifts from the same evaluation (metrics.jsonl: val_accuracy_by_shifts). No
+# checkpoints are committed. docs/frontier.md has each lever's gain.
+#
+#   round 1: test-time augmentation on every small recipe; `fast` with one epoch fewer
+#            or airbench's label smoothing 0.2
+#   round 2: the small nets with a leaky ReLU (slope 0.01) or a PReLU (one learned slope
+#            a block application, +1 param each) in the ReLU's place
+#   round 3: `nano` with no head layer (--head none: the last block's 10 channels,
+#            averaged, are the logits), its head's 140 parameters moved to depth; two
+#            more seeds of `micro` with a leaky ReLU
+#   round 4: a third seed of `micro` as it was, for the 3-seed comparison with the
+#            leaky ReLU
+#
+#   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
+set -u
+cd "$(dirname "$0")/.."
+ROUND=${1:-}
+DATA=${2:-${JAXMNIST_DATA_DIR:-../shared/datasets/mnist}}
+SEL=experiments/results/selection
+# The recipes as they were when these rounds ran, pinned by flags: `micro` with a ReLU,
+# `nano` as `c4 p dc8 dc10 p dc14` with its head layer.
+NANO698=(--arch "c4 p dc8 dc10 p dc14" --head gap)
+run() {  # SELECTION-ROUND NAME FLAGS...
+  local round=$1 name=$2; shift 2
+  .venv/bin/python -m jaxmnist.train --validation 5000 --data-dir "$DATA" --no-progress \
+    --out "$SEL/$round" --name "$name" --tta 8 "$@" || echo "FAILED $round/$name" >&2
+}
+case "$ROUND" in
+1)
+  queue_a() {
+    run fast-14 tta8 --recipe fast
+    run fast-14 tta8-seed1 --recipe fast --seed 1
+    run fast-14 tta8-seed2 --recipe fast --seed 2
+    run fast-14 ls0.2-tta8 --recipe fast --label-smoothing 0.2
+    run tiny-11 tta8 --recipe tiny
+    run tiny-11 tta8-seed2 --recipe tiny --seed 2
+    run micro-3 tta8-seed1 --recipe micro --activation relu --seed 1
+    run nano-7 tta8-seed1 --recipe nano "${NANO698[@]}" --seed 1
+  }
+  queue_b() {
+    run fast-14 e3-tta8 --recipe fast --epochs 3
+    run fast-14 e3-tta8-seed1 --recipe fast --epochs 3 --seed 1
+    run fast-14 e3-tta8-seed2 --recipe fast --epochs 3 --seed 2
+    run fast-14 ls0.2-tta8-seed1 --recipe fast --label-smoothing 0.2 --seed 1
+    run tiny-11 tta8-seed1 --recipe tiny --seed 1
+    run micro-3 tta8 --recipe micro --activation relu
+    run nano-7 tta8 --recipe nano "${NANO698[@]}"
+  } ;;
+2)
+  queue_a() {
+    run tiny-12 prelu --recipe tiny --activation prelu
+    run tiny-12 prelu-seed1 --recipe tiny --activation prelu --seed 1
+    run micro-4 prelu --recipe micro --activation prelu
+    run micro-4 prelu-seed1 --recipe micro --activation prelu --seed 1
+    run nano-8 leaky --recipe nano "${NANO698[@]}" --activation leaky_relu
+  }
+  queue_b() {
+    run tiny-12 leaky --recipe tiny --activation leaky_relu
+    run tiny-12 leaky-seed1 --recipe tiny --activation leaky_relu --seed 1
+    run micro-4 leaky --recipe micro --activation leaky_relu
+    run nano-8 leaky-seed1 --recipe nano "${NANO698[@]}" --activation leaky_relu --seed 1
+  } ;;
+3)
+  queue_a() {
+    run nano-9 c4-dc10x3 --recipe nano --head none --arch "c4 p dc10 dc10 p dc10x3"
+    run nano-9 c4-dc10x3-seed1 --recipe nano --head none --arch "c4 p dc10 dc10 p dc10x3" \
+      --seed 1
+    run micro-4 leaky-seed1 --recipe micro --activation leaky_relu --seed 1
+  }
+  queue_b() {
+    run nano-9 c6-dc10x2-dc10x3 --recipe nano --head none --arch "c6 p dc10 dc10x2 p dc10x3"
+    run nano-9 c6-dc10x2-dc10x3-seed1 --recipe nano --head none \
+      --arch "c6 p dc10 dc10x2 p dc10x3" --seed 1
+    run micro-4 leaky-seed2 --recipe micro --activation leaky_relu --seed 2
+  } ;;
+4)
+  queue_a() {
+    run micro-3 tta8-seed2 --recipe micro --activation relu --seed 2
+  }
+  queue_b() { :; } ;;
+*)
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 4)" >&2
+  exit 2 ;;
+esac
+queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &
+queue_b > "/tmp/frontier4-r$ROUND-b.log" 2>&1 &
+wait
