@@ -153,6 +153,9 @@ def load_groups(results: Path) -> list[dict]:
             "arch": group["config"].arch + (", conv biases" if group["config"].bias else "")
             + (", BatchNorm before ReLU" if group["config"].bn_before_relu else "")
             + (", layer norm" if group["config"].norm == "layer" else "")
+            + ({"leaky_relu": ", leaky ReLU", "prelu": ", PReLU", "sigmoid": ", sigmoid"}
+               .get(group["config"].activation, ""))
+            + (", no head layer" if group["config"].head == "none" else "")
             + (", distilled" if group["config"].teacher else ""),
             "params": count_params(group["config"]),
             "epochs": group["config"].epochs,
@@ -174,8 +177,9 @@ def load_groups(results: Path) -> list[dict]:
 # validation split with --tta 8 (each also recording the single pass and 4 shifts), from
 # which the number of shifts is chosen, and the test-set scores of its committed
 # checkpoints with each number of shifts (studies/tta_probe.jsonl, experiments/tta_probe.py).
-TTA_SELECTION = {"fast": "selection/fast-14/tta8", "tiny": "selection/tiny-11/tta8",
-                 "micro": "selection/micro-3/tta8", "nano": "selection/nano-7/tta8"}
+TTA_SELECTION = {"fast": "selection/fast-14/tta8", "tiny": "selection/tiny-12/leaky",
+                 "micro": "selection/micro-4/leaky",
+                 "nano": "selection/nano-10/e60"}
 
 
 def tta_points(results: Path) -> list[dict]:
@@ -270,14 +274,30 @@ def plot(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
         ax_p.annotate(label, (p, a), fontsize=7, color="grey",
                       xytext=(6, 10) if near_floor else (-6, 5 if a >= 99.43 else -11),
                       textcoords="offset points", ha="left" if near_floor else "right")
+    current = {g["name"]: g for g in groups if "/" not in g["name"]}
+    full = [g for g in groups if not g["name"].startswith("superseded/")]
     for g in groups:
+        # A recipe's earlier versions (superseded/<recipe>-...) are drawn faint and small,
+        # on the size panel with an arrow to the recipe as it is now.
+        before = current.get(Path(g["name"]).name.split("-")[0]) \
+            if g["name"].startswith("superseded/") else None
         for ax, x in ((ax_p, g["params"]), (ax_t, g["seconds"])):
             shared = ax is ax_t and not g["timed_alone"]
             below = g["mean"] < Y_FLOOR
             y = Y_FLOOR + 0.02 if below else g["mean"]
             bar = ax.errorbar(x, y, yerr=None if below else g["std"] or None,
                               fmt="v" if below else "o", capsize=3, ms=7 if below else 6,
-                              mfc="none" if shared else None)
+                              mfc="none" if shared else None, alpha=0.35 if before else 1)
+            if before:
+                if ax is ax_p:
+                    now = max(before["mean"], Y_FLOOR + 0.02)
+                    ax.annotate("", (before["params"], now), (x, y), arrowprops=dict(
+                        arrowstyle="->", color=bar[0].get_color(), alpha=0.5, lw=1,
+                        shrinkA=4, shrinkB=4))
+                ax.annotate(Path(g["name"]).name, (x, y), fontsize=6.5, alpha=0.6,
+                            color=bar[0].get_color(), xytext=(-5, -3),
+                            textcoords="offset points", ha="right", va="top")
+                continue
             where = "\nshared cores" if shared else (
                 f"\n{g['machine']}" if ax is ax_t and g["machine"] else "")
             value = f": {g['mean']:.2f} ± {g['std']:.2f} %, below the axis" if below else ""
@@ -286,7 +306,7 @@ def plot(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
             # it hangs below and to the left instead. On the floor a label goes above the
             # triangle, to the right (the floor holds nothing else).
             key = "params" if ax is ax_p else "seconds"
-            crowded = any(x < h[key] <= 1.6 * x for h in groups) and not below
+            crowded = any(x < h[key] <= 1.6 * x for h in full) and not below
             offset = (5, 6) if below else (-5, -6) if crowded else (5, 4)
             ax.annotate(label, (x, y), fontsize=8, color=bar[0].get_color(),
                         xytext=offset, textcoords="offset points",
@@ -296,10 +316,11 @@ def plot(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
         y = Y_FLOOR + 0.02 if below else t["mean"]
         ax_p.errorbar(t["params"], y, yerr=None if below else t["std"] or None, fmt="D",
                       mfc="none", color="black", capsize=3, ms=6)
-        ax_p.annotate(f"{t['recipe']} + TTA {t['shifts']} (n={len(t['accuracies'])})"
-                      + (f": {t['mean']:.2f} %, below the axis" if below else ""),
-                      (t["params"], y), fontsize=7, xytext=(6, -4), textcoords="offset points",
-                      va="top")
+        # Above its recipe's own point, at the same size: "+ TTA" names it.
+        ax_p.annotate(f"+ TTA {t['shifts']}"
+                      + (f" ({t['recipe']}): {t['mean']:.2f} %, below the axis" if below else ""),
+                      (t["params"], y), fontsize=7, xytext=(5, 36) if below else (6, 7),
+                      textcoords="offset points", va="bottom")
     for ax, label in ((ax_p, "parameters"), (ax_t, "seconds of training epochs, 2 CPU cores")):
         ax.axhline(99.4, color="grey", ls="--", lw=1)
         ax.set(xscale="log", xlabel=label, ylabel="final-epoch test accuracy (%)")

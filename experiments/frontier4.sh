@@ -11,8 +11,9 @@
 #   round 3: `nano` with no head layer (--head none: the last block's 10 channels,
 #            averaged, are the logits), its head's 140 parameters moved to depth; two
 #            more seeds of `micro` with a leaky ReLU
-#   round 4: a third seed of `micro` as it was, for the 3-seed comparison with the
-#            leaky ReLU
+#   round 4: a third seed of `micro` with a ReLU and of `tiny` with a leaky ReLU, for
+#            the 3-seed comparisons (both recipes then took the leaky ReLU); `micro`
+#            (leaky ReLU) and `nano` (no head layer) with 60 epochs instead of 20
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -79,8 +80,15 @@ case "$ROUND" in
 4)
   queue_a() {
     run micro-3 tta8-seed2 --recipe micro --activation relu --seed 2
+    run micro-5 leaky-e60 --recipe micro --activation leaky_relu --epochs 60
+    run nano-10 e60-seed1 --recipe nano --head none --arch "c6 p dc10 dc10x2 p dc10x3" \
+      --epochs 60 --seed 1
   }
-  queue_b() { :; } ;;
+  queue_b() {
+    run tiny-12 leaky-seed2 --recipe tiny --activation leaky_relu --seed 2
+    run nano-10 e60 --recipe nano --head none --arch "c6 p dc10 dc10x2 p dc10x3" --epochs 60
+    run micro-5 leaky-e60-seed1 --recipe micro --activation leaky_relu --epochs 60 --seed 1
+  } ;;
 *)
   echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 4)" >&2
   exit 2 ;;

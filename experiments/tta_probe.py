@@ -3,8 +3,9 @@ augmentation: a probe of the size of its effect, not a way to choose.
 
     python experiments/tta_probe.py [--data-dir DIR] [RUN ...]
 
-Each run (default: every committed run of `default`, `fast`, `tiny`, `micro`, `nano`:
-experiments/results/<recipe>[-seedN]) is loaded from its newest checkpoint and evaluated
+Each run (default: every committed run of `default`, `fast`, `tiny`, `micro`, `nano`,
+experiments/results/<recipe>[-seedN], and of their earlier versions,
+superseded/<recipe>-...) is loaded from its newest checkpoint and evaluated
 once on the 10,000 test images with 8 shifts (`--tta 8`, jaxmnist.steps.eval_step),
 which also gives the single pass and 4 shifts from the same evaluation. The single pass
 is the run's own final test accuracy again (within an image or two where this CPU is
@@ -34,8 +35,10 @@ RECIPES = ("default", "fast", "tiny", "micro", "nano")
 
 
 def committed_runs() -> list[Path]:
+    """The recipes' runs, then their earlier versions (superseded/<recipe>-...)."""
     return [run for recipe in RECIPES
-            for run in [RESULTS / recipe, *sorted(RESULTS.glob(f"{recipe}-seed*"))]
+            for run in [RESULTS / recipe, *sorted(RESULTS.glob(f"{recipe}-seed*")),
+                        *sorted(RESULTS.glob(f"superseded/{recipe}-*"))]
             if (run / "checkpoints").is_dir()]
 
 
