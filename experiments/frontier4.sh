@@ -14,6 +14,9 @@
 #   round 4: a third seed of `micro` with a ReLU and of `tiny` with a leaky ReLU, for
 #            the 3-seed comparisons (both recipes then took the leaky ReLU); `micro`
 #            (leaky ReLU) and `nano` (no head layer) with 60 epochs instead of 20
+#   round 5: factorised convs (fcN/fvN: a 3x1 conv then a 1x3) in `micro` (1,978
+#            params) and `tiny` (3,746), three seeds each, their shapes widened into the
+#            parameters the factorisation frees
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -89,8 +92,20 @@ case "$ROUND" in
     run nano-10 e60 --recipe nano --head none --arch "c6 p dc10 dc10x2 p dc10x3" --epochs 60
     run micro-5 leaky-e60-seed1 --recipe micro --activation leaky_relu --epochs 60 --seed 1
   } ;;
+5)
+  # factorised convs (3x1 then 1x3): more depth and width for the same parameters
+  queue_a() {
+    run micro-6 fv12 --recipe micro --arch "c8 p fv12 fv12x4"
+    run micro-6 fv12-seed1 --recipe micro --arch "c8 p fv12 fv12x4" --seed 1
+    run micro-6 fv12-seed2 --recipe micro --arch "c8 p fv12 fv12x4" --seed 2
+  }
+  queue_b() {
+    run tiny-13 fv14 --recipe tiny --arch "c8 p fv14 fv14 fv14x3"
+    run tiny-13 fv14-seed1 --recipe tiny --arch "c8 p fv14 fv14 fv14x3" --seed 1
+    run tiny-13 fv14-seed2 --recipe tiny --arch "c8 p fv14 fv14 fv14x3" --seed 2
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 4)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 5)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &

@@ -9,11 +9,14 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 | `dcN` | the `cN` block with a depthwise-separable conv: a 3x3     | 9·in + in·N + 2N    |
 |       | filter per input channel, then a 1x1 conv ->N             |                     |
 | `dvN` | the same, valid (the image shrinks by 2)                  | 9·in + in·N + 2N    |
+| `fcN` | the `cN` block with a factorised conv: a 3x1 conv ->N,    | 3·in·N + 3·N·N + 2N |
+|       | then a 1x3 conv ->N, with no nonlinearity between         |                     |
+| `fvN` | the same, valid (the image shrinks by 2)                  | 3·in·N + 3·N·N + 2N |
 | `p`   | max-pool 2x2, stride 2                                    | 0                   |
 | `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
 | `s`   | space-to-depth 2x2: HxWxC -> H/2xW/2x4C (`PixelUnshuffle(2)`) | 0                   |
 
-A block token with `xK` (`c16x3`, `dc26x3`, `v16x2`) is that block applied K times in a
+A block token with `xK` (`c16x3`, `dc26x3`, `fv10x4`) is that block applied K times in a
 row with one set of conv weights, counted once, each application with its own
 norm (BatchNorm: +2N params each) and dropout; its input must have N channels already.
 
@@ -88,13 +91,16 @@ def out_channels(arch: str) -> int:
 
 _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
 # the block kinds (ConvBlock); those ending in "valid" shrink the image by 2
-BLOCK_KINDS = ("conv", "valid", "separable_conv", "separable_valid")
+BLOCK_KINDS = ("conv", "valid", "separable_conv", "separable_valid", "factorised_conv",
+               "factorised_valid")
 
 
 class Layer(NamedTuple):
     """One layer of an `arch` string, as `parse_arch` reads it."""
 
-    kind: str  # conv, valid, separable_conv, separable_valid, pool, transition, space_to_depth
+    # conv, valid, separable_conv, separable_valid, factorised_conv, factorised_valid,
+    # pool, transition, space_to_depth
+    kind: str
     name: str  # the module's name for it: block1, ..., transition, ..., pool
     features: int  # output channels (0 for pool and space_to_depth)
     repeats: int = 1  # a block applied this many times with shared conv weights
@@ -110,13 +116,13 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
     if not tokens:
         raise ArchError("empty architecture")
     for token in tokens:
-        prefix = token[:2] if token[:2] in ("dc", "dv") else token[:1]
+        prefix = token[:2] if token[:2] in ("dc", "dv", "fc", "fv") else token[:1]
         kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition",
-                "s": "space_to_depth", "dc": "separable_conv",
-                "dv": "separable_valid"}.get(prefix)
+                "s": "space_to_depth", "dc": "separable_conv", "dv": "separable_valid",
+                "fc": "factorised_conv", "fv": "factorised_valid"}.get(prefix)
         if kind is None or (kind in _NO_FEATURES and len(token) > 1):
-            raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, tN, p or s; "
-                            "a block may end in xK)")
+            raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, fcN, fvN, "
+                            "tN, p or s; a block may end in xK)")
         features, repeats = 0, 1
         if kind not in _NO_FEATURES:
             count, _, times = token[len(prefix):].partition("x")
@@ -126,7 +132,8 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
             features = int(count)
             if "x" in token[len(prefix):]:
                 if kind not in BLOCK_KINDS:
-                    raise ArchError(f"{token!r}: only a block (cN, vN, dcN, dvN) can repeat")
+                    raise ArchError(f"{token!r}: only a block (cN, vN, dcN, dvN, fcN, fvN) "
+                                    "can repeat")
                 if not times.isdigit() or int(times) < 2:
                     raise ArchError(f"{token!r}: expected a count of 2 or more after 'x'")
                 if channels != features:
@@ -174,7 +181,10 @@ class ConvBlock(nn.Module):
     """conv 3x3 (bias if `bias`) -> ReLU -> BatchNorm -> Dropout (rate 0: none); with
     `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout. `separable`: the conv is a
     3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
-    nonlinearity between (as Xception's separable convs). `norm="layer"`: a norm
+    nonlinearity between (as Xception's separable convs). `factorised`: the conv is a 3x1
+    conv then a 1x3 conv, each to `features`, with no nonlinearity between (a 3x3 conv
+    of rank at most `features` in its spatial shape, for 3·in·N + 3·N·N weights instead
+    of 9·in·N). `norm="layer"`: a norm
     without parameters (each image standardised over H, W and C) in BatchNorm's place.
     `norm="none"`: no norm. `activation`: in the ReLU's place, "sigmoid", "leaky_relu"
     (slope 0.01 below 0, PyTorch's LeakyReLU) or "prelu" (a learned slope below 0, one
@@ -192,6 +202,7 @@ class ConvBlock(nn.Module):
     repeats: int = 1
     norm: str = "batch"
     activation: str = "relu"
+    factorised: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -210,6 +221,18 @@ class ConvBlock(nn.Module):
                 self.features, (1, 1), use_bias=self.bias, kernel_init=torch_conv_init,
                 bias_init=torch_conv_bias_init(channels), name="pointwise")
             conv = lambda x: pointwise(depthwise(x))  # noqa: E731
+        elif self.factorised:
+            # padding 1 pads only the dimension each conv's kernel spans
+            pad = "VALID" if self.padding == "VALID" else None
+            vertical = nn.Conv(
+                self.features, (3, 1), padding=pad or ((self.padding,) * 2, (0, 0)),
+                use_bias=self.bias, kernel_init=torch_conv_init,
+                bias_init=torch_conv_bias_init(3 * channels), name="conv3x1")
+            horizontal = nn.Conv(
+                self.features, (1, 3), padding=pad or ((0, 0), (self.padding,) * 2),
+                use_bias=self.bias, kernel_init=torch_conv_init,
+                bias_init=torch_conv_bias_init(3 * self.features), name="conv1x3")
+            conv = lambda x: horizontal(vertical(x))  # noqa: E731
         else:
             conv = nn.Conv(
                 self.features, (3, 3), padding=self.padding, use_bias=self.bias,
@@ -292,7 +315,8 @@ class Net(nn.Module):
                 padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"), repeats,
-                              self.norm, self.activation, name=name)(x, train)
+                              self.norm, self.activation, kind.startswith("factorised"),
+                              name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)
@@ -396,9 +420,14 @@ def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
             madds = activations = 0
             for _ in range(repeats):
                 start += jump if valid else 0  # a valid conv's first unit is one in
-                field += 2 * jump  # a 3x3 conv: (3 - 1) jumps more
-                size -= 2 if valid else 0
-                madds += size * size * per_pixel
+                field += 2 * jump  # a 3x3 conv (or 3x1 then 1x3): (3 - 1) jumps more
+                if kind.startswith("factorised"):  # the 3x1 conv's rows, then the 1x3's
+                    madds += (size - (2 if valid else 0)) * size * 3 * channels * features
+                    size -= 2 if valid else 0
+                    madds += size * size * 3 * features * features
+                else:
+                    size -= 2 if valid else 0
+                    madds += size * size * per_pixel
                 activations += size * size * features
         elif kind in ("pool", "space_to_depth"):
             start += jump / 2  # the centre of a 2x2 window, half a jump in
