@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from jaxmnist import configs, files, rundir
+from jaxmnist.train.__main__ import config_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "experiments" / "results" / "studies" / "basics"
@@ -42,20 +43,6 @@ def run_name(variant: str, seed: int) -> str:
 
 def complete(run_dir: Path, epochs: int) -> bool:
     return (run_dir / "metrics.jsonl").exists() and len(rundir.read_metrics(run_dir)) >= epochs
-
-
-def flags(config: configs.Config) -> list[str]:
-    """The `jaxmnist.train` flags that give `config` from the default recipe."""
-    base, out = configs.default(), []
-    for name, value in config.to_dict().items():
-        if value == getattr(base, name):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
-        else:
-            out += [flag, str(value)]
-    return out
 
 
 def time_variants(variants: list[str], rounds: int) -> None:
@@ -92,7 +79,7 @@ def main() -> int:
                 continue
             command = [sys.executable, "-m", "jaxmnist.train", "--recipe", "default",
                        "--no-progress", "--out", str(RUNS), "--name", run_name(variant, seed),
-                       *flags(config), "--seed", str(seed)]
+                       *config_flags(config), "--seed", str(seed)]
             if args.data_dir:
                 command += ["--data-dir", args.data_dir]
             if (run_dir / "checkpoints").is_dir():

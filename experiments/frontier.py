@@ -56,12 +56,15 @@ PUBLISHED = [
 Y_FLOOR = 98.7
 
 
-def count_params(config) -> int:
-    """The config's net's parameters, counted as PyTorch's summary counts them."""
-    from jaxmnist.models import count_params as count
-    from jaxmnist.steps import variable_shapes
-
-    return count(variable_shapes(config)["params"])
+def net_switches(config: dict) -> str:
+    """The switches a config.json's net differs from the seed's in, as words after its
+    layer string (", conv biases, leaky ReLU"); the fields it leaves out are the seed's."""
+    return ((", conv biases" if config.get("bias") else "")
+            + (", BatchNorm before ReLU" if config.get("bn_before_relu") else "")
+            + {"layer": ", layer norm", "none": ", no norm"}.get(config.get("norm"), "")
+            + {"sigmoid": ", sigmoid", "leaky_relu": ", leaky ReLU", "prelu": ", PReLU"}.get(
+                config.get("activation"), "")
+            + {"dense": ", dense head", "none": ", no head layer"}.get(config.get("head"), ""))
 
 
 def test_set_runs(results: Path) -> list[Path]:
@@ -124,6 +127,8 @@ def timing_runs(results: Path) -> dict[str, dict]:
 
 def load_groups(results: Path) -> list[dict]:
     """One entry per config (seeds grouped), from the test-set runs under `results`."""
+    from jaxmnist.steps import param_count
+
     alone = runs_made_alone(results)
     timed = timing_runs(results)
     groups: dict[str, dict] = {}
@@ -150,14 +155,9 @@ def load_groups(results: Path) -> list[dict]:
         timing = group["timing"] if not any(r["alone"] for r in runs) else None
         out.append({
             "name": min((r["name"] for r in runs), key=len),
-            "arch": group["config"].arch + (", conv biases" if group["config"].bias else "")
-            + (", BatchNorm before ReLU" if group["config"].bn_before_relu else "")
-            + (", layer norm" if group["config"].norm == "layer" else "")
-            + ({"leaky_relu": ", leaky ReLU", "prelu": ", PReLU", "sigmoid": ", sigmoid"}
-               .get(group["config"].activation, ""))
-            + (", no head layer" if group["config"].head == "none" else "")
+            "arch": group["config"].arch + net_switches(group["config"].to_dict())
             + (", distilled" if group["config"].teacher else ""),
-            "params": count_params(group["config"]),
+            "params": param_count(group["config"]),
             "epochs": group["config"].epochs,
             "runs": runs,
             "mean": statistics.mean(accuracies),
@@ -182,10 +182,18 @@ TTA_SELECTION = {"fast": "selection/fast-14/tta8", "tiny": "selection/tiny-12/le
                  "nano": "selection/nano-10/e60"}
 
 
+# Mean validation accuracies (in points) closer than this are equal: one image of the
+# 5,000 is 0.02 points, so less than that is the float rounding of the same count.
+TTA_TIE = 0.01
+
+
 def tta_points(results: Path) -> list[dict]:
     """One point per recipe of `TTA_SELECTION` that the probe scored: the number of
     shifts with the higher mean validation accuracy over the selection runs' seeds (4
-    where equal), and the committed seeds' final test accuracy with it."""
+    where equal, within `TTA_TIE`), and the committed seeds' final test accuracy with it."""
+    from jaxmnist.rundir import read_metrics
+    from jaxmnist.steps import param_count
+
     probe = results / "studies" / "tta_probe.jsonl"
     if not probe.exists():
         return []
@@ -199,16 +207,14 @@ def tta_points(results: Path) -> list[dict]:
                  if re.fullmatch(rf"{recipe}(-seed\d+)?", Path(line["run"]).name)]
         if not selection or not tests:
             continue
-        from jaxmnist.rundir import read_metrics
-
         finals = [read_metrics(run)[-1]["val_accuracy_by_shifts"] for run in selection]
         val = {k: statistics.mean(100 * final[k] for final in finals) for k in ("0", "4", "8")}
-        shifts = "8" if val["8"] > val["4"] else "4"
+        shifts = "8" if val["8"] - val["4"] > TTA_TIE else "4"
         accuracies = [100 * line["test_accuracy_by_shifts"][shifts] for line in tests]
         single = [100 * line["test_accuracy_by_shifts"]["0"] for line in tests]
         out.append({"recipe": recipe, "shifts": int(shifts), "validation": val,
                     "selection": [r.relative_to(results).as_posix() for r in selection],
-                    "params": count_params(read_run(results / recipe)[0]),
+                    "params": param_count(read_run(results / recipe)[0]),
                     "accuracies": accuracies, "mean": statistics.mean(accuracies),
                     "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                     "single": statistics.mean(single)})

@@ -34,6 +34,15 @@ BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- 
                    re.S)
 
 sys.path.insert(0, str(REPO / "experiments"))
+from frontier import (  # noqa: E402  (experiments/ is not a package)
+    PUBLISHED,
+    load_groups,
+    net_switches,
+    recipe_key,
+    runs_made_alone,
+    timing_runs,
+    tta_points,
+)
 
 
 def natural(text: str) -> list:
@@ -47,10 +56,10 @@ def natural(text: str) -> list:
 def load(run: Path) -> tuple[dict, list[dict]]:
     """(config with the fields it predates at their defaults, metrics records)."""
     from jaxmnist.configs import Config
+    from jaxmnist.rundir import read_metrics
 
     config = Config.from_dict(json.loads((run / "config.json").read_text())).to_dict()
-    text = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
-    return config, [json.loads(line) for line in text.splitlines() if line.strip()]
+    return config, read_metrics(run)
 
 
 def params_of(config: dict) -> int:
@@ -63,9 +72,9 @@ def params_of(config: dict) -> int:
 
 @functools.cache
 def _count_params(config) -> int:
-    from frontier import count_params
+    from jaxmnist.steps import param_count
 
-    return count_params(config)
+    return param_count(config)
 
 
 def accuracy(run: Path, epoch: int = -1) -> float:
@@ -88,16 +97,12 @@ def mean_std(values: list[float]) -> str:
 
 
 def alone() -> dict[str, str]:
-    from frontier import runs_made_alone
-
     return runs_made_alone(RESULTS)
 
 
 @functools.cache
 def timed_again() -> dict[str, dict]:
     """The recipes run again alone for their time (studies/timing/), by recipe."""
-    from frontier import timing_runs
-
     return timing_runs(RESULTS)
 
 
@@ -149,14 +154,7 @@ def _optimizer(c: dict) -> str:
 
 # (name, words) in the order a reader wants them; each takes a config dict.
 ASPECTS = [
-    ("net", lambda c: f"`{c['arch']}`" + (", conv biases" if c.get("bias") else "")
-     + (", BatchNorm before ReLU" if c.get("bn_before_relu") else "")
-     + (", layer norm" if c.get("norm") == "layer" else "")
-     + (", no norm" if c.get("norm") == "none" else "")
-     + ({"sigmoid": ", sigmoid", "leaky_relu": ", leaky ReLU", "prelu": ", PReLU"}.get(
-        c.get("activation"), ""))
-     + (", dense head" if c.get("head") == "dense" else "")
-     + (", no head layer" if c.get("head") == "none" else "")),
+    ("net", lambda c: f"`{c['arch']}`" + net_switches(c)),
     ("epochs", lambda c: f"{c['epochs']} epochs"),
     ("schedule", _schedule),
     ("optimizer", _optimizer),
@@ -195,8 +193,6 @@ def table(header: list[str], rows: list[list]) -> str:
 def _time_alone(runs: list[Path]) -> str:
     """The seconds of the recipe's epochs where a seed was run alone, else where the
     recipe was run again alone for its time (studies/timing/), with the machine."""
-    from frontier import recipe_key
-
     from jaxmnist.configs import Config
 
     made_alone = alone()
@@ -300,8 +296,6 @@ def tta_probe_table() -> str:
 def tta_frontier_table() -> str:
     """Test-time augmentation as its own category (`frontier.tta_points`): the number of
     shifts chosen on validation, and the committed seeds' test accuracy with it."""
-    from frontier import tta_points
-
     rows = [[f"`{t['recipe']}` + {t['shifts']} shifts", f"{t['params']:,}",
              ", ".join(f"`{r}`" for r in t["selection"]),
              " / ".join(f"{t['validation'][k]:.2f}" for k in ("0", "4", "8")),
@@ -314,8 +308,6 @@ def tta_frontier_table() -> str:
 
 
 def frontier_table() -> str:
-    from frontier import PUBLISHED, load_groups
-
     rows = [[f"`{g['name']}`", describe(load(RESULTS / g["name"])[0], {"net"}),
              f"{g['params']:,}", g["epochs"], len(g["runs"]),
              f"**{mean_std([r['accuracy'] for r in g['runs']])}**", "final epoch, this project"]

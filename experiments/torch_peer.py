@@ -32,6 +32,11 @@ def build(config) -> nn.Sequential:
                 conv = [nn.Conv2d(channels, channels, 3, padding=padding, groups=channels,
                                   bias=config.bias),
                         nn.Conv2d(channels, features, 1, bias=config.bias)]
+            elif kind.startswith("factorised"):
+                conv = [nn.Conv2d(channels, features, (3, 1), padding=(padding, 0),
+                                  bias=config.bias),
+                        nn.Conv2d(features, features, (1, 3), padding=(0, padding),
+                                  bias=config.bias)]
             else:
                 conv = [nn.Conv2d(channels, features, 3, padding=padding, bias=config.bias)]
             # A shared block: the same conv modules again (parameters() counts them once),
@@ -88,11 +93,12 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from jaxmnist import configs
+    from jaxmnist.steps import param_count
 
     config = configs.RECIPES[args.recipe]()
     args.batch_size = args.batch_size or config.batch_size
     model = build(config)
-    params, expected = sum(p.numel() for p in model.parameters()), jaxmnist_params(config)
+    params, expected = sum(p.numel() for p in model.parameters()), param_count(config)
     if params != expected:
         raise SystemExit(f"torch_peer: {params} params, jaxmnist's net has {expected}")
     opt = torch.optim.SGD(model.parameters(), lr=0.04, momentum=0.9)
@@ -123,13 +129,6 @@ def main():
                       "tuned": args.tuned, "recipe": args.recipe, "params": params,
                       "batch_size": args.batch_size,
                       "torch": torch.__version__}))
-
-
-def jaxmnist_params(config) -> int:
-    from jaxmnist.models import count_params
-    from jaxmnist.steps import variable_shapes
-
-    return count_params(variable_shapes(config)["params"])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxmnist import configs, data
-from jaxmnist.models import Net
+from jaxmnist.models import Net, count_params
 
 
 class TrainState(train_state.TrainState):
@@ -74,6 +74,12 @@ def variable_shapes(config: configs.Config) -> dict:
     """The variables of `config`'s net as shapes (`jax.eval_shape`: nothing is compiled)."""
     return jax.eval_shape(functools.partial(make_model(config).init, train=False),
                           jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+
+
+def param_count(config: configs.Config) -> int:
+    """The parameters of `config`'s net, counted as PyTorch's summary counts them
+    (weights, biases, BatchNorm's scale and offset), from shapes alone."""
+    return count_params(variable_shapes(config)["params"])
 
 
 # An init runs once: on a CPU it is compiled without LLVM's optimisations, which take
@@ -219,12 +225,11 @@ def eval_step(state: TrainState, batch: dict, tta: int = 0) -> dict:
                                                train=False))
              for shift in SHIFTS[:1 + tta]]
 
-    def mean(shifts):
-        return sum(log_p[:1 + shifts]) / (1 + shifts)
-
-    correct_by_shifts = {shifts: jnp.sum((jnp.argmax(mean(shifts), -1) == batch["label"]) * mask)
-                         for shifts in (0, 4, 8)[:1 + tta // 4]}
-    loss = optax.softmax_cross_entropy_with_integer_labels(mean(tta), batch["label"])
+    means = {shifts: sum(log_p[:1 + shifts]) / (1 + shifts)
+             for shifts in (0, 4, 8)[:1 + tta // 4]}
+    correct_by_shifts = {shifts: jnp.sum((jnp.argmax(mean, -1) == batch["label"]) * mask)
+                         for shifts, mean in means.items()}
+    loss = optax.softmax_cross_entropy_with_integer_labels(means[tta], batch["label"])
     out = {"loss": jnp.sum(loss * mask), "correct": correct_by_shifts[tta]}
     if tta:
         out["correct_by_shifts"] = correct_by_shifts

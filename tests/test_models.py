@@ -341,6 +341,55 @@ def test_a_separable_block_is_a_per_channel_3x3_then_a_1x1(padding):
     chex.assert_shape(want, (2, 6, 6, 5) if padding == 1 else (2, 4, 4, 5))
 
 
+def test_factorised_blocks_count_and_shape_as_a_3x1_conv_then_a_1x3():
+    arch = "fc4 p fv6 fv6x2"
+    assert [layer.kind for layer in parse_arch(arch)] == [
+        "factorised_conv", "pool", "factorised_valid", "factorised_valid"]
+    model, variables, _ = shapes(Net(arch=arch))
+    # 3·in·N + 3·N·N + BatchNorm 2N (once per application); valid: 14 -> 12 -> 10 -> 8
+    assert summary(model, variables) == [
+        ("block1", (28, 28, 4), 3 * 4 + 3 * 16 + 8), ("block2", (12, 12, 6), 72 + 108 + 12),
+        ("block3", (8, 8, 6), 108 + 108 + 24), ("head", (10,), 60)]
+    _, biased, _ = shapes(Net(arch=arch, bias=True))
+    assert (count_params(biased["params"]) - count_params(variables["params"])
+            == 2 * 4 + 2 * 6 + 2 * 6 + 10)
+    chex.assert_shape(variables["params"]["block2"]["conv3x1"]["kernel"], (3, 1, 4, 6))
+    chex.assert_shape(variables["params"]["block2"]["conv1x3"]["kernel"], (1, 3, 6, 6))
+    rows = layer_table(model)
+    # the field grows as a 3x3 conv's; multiply-adds: the 3x1 conv's rows, then the 1x3's
+    assert [r.field for r in rows] == [3, 4, 8, 16, 16 + (8 - 1) * 2]
+    assert rows[2].madds == 12 * 14 * 3 * 4 * 6 + 12 * 12 * 3 * 6 * 6
+    assert rows[3].madds == sum(h * (h + 2) * 108 + h * h * 108 for h in (10, 8))
+
+
+@pytest.mark.parametrize("padding", [1, "VALID"])
+def test_a_factorised_block_is_a_3x3_conv_of_the_two_kernels_composed(padding):
+    from jaxmnist.models import ConvBlock
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    block = ConvBlock(5, padding, 0.0, bias=True, factorised=True)
+    variables = block.init(jax.random.key(1), x, train=False)
+    params = variables["params"]
+    vertical, horizontal = params["conv3x1"], params["conv1x3"]
+    # kernel[i, j, c, n] = sum_m A[i, c, m] B[j, m, n]; A's bias goes through B's taps
+    dense = jnp.einsum("icm,jmn->ijcn", vertical["kernel"][:, 0], horizontal["kernel"][0])
+    pad = [(1, 1), (1, 1)] if padding == 1 else "VALID"
+    y = jax.lax.conv_general_dilated(x, dense, (1, 1), pad,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # the 1x3 conv sees A's bias at every tap but the zero padding's
+    ones = jnp.pad(jnp.ones((1, 6 if padding == 1 else 4, 6 if padding == 1 else 4, 1)),
+                   ((0, 0), (0, 0), (1, 1), (0, 0))) if padding == 1 else jnp.ones((1, 4, 6, 1))
+    bias_map = jax.lax.conv_general_dilated(
+        ones * vertical["bias"], horizontal["kernel"], (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y + bias_map + horizontal["bias"]
+    stats, bn = variables["batch_stats"]["bn"], params["bn"]
+    want = ((jax.nn.relu(y) - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * bn["scale"]
+            + bn["bias"])
+    chex.assert_shape(want, (2, 6, 6, 5) if padding == 1 else (2, 4, 4, 5))
+    chex.assert_trees_all_close(block.apply(variables, x, train=False), want, atol=1e-5)
+
+
 def test_a_shared_block_counts_its_conv_once_and_a_batchnorm_per_application():
     assert parse_arch("c8 c8x3 p dc8x2")[1:] == [
         ("conv", "block2", 8, 3), ("pool", "pool", 0, 1), ("separable_conv", "block3", 8, 2)]
@@ -387,7 +436,7 @@ def test_bad_shared_blocks_are_refused(arch, message):
         parse_arch(arch)
 
 
-@pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2", SEED_ARCH])
+@pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2", SEED_ARCH, "fc6 p fv8 fv8x2"])
 @pytest.mark.parametrize("bias, norm", [(False, "batch"), (True, "batch"), (True, "layer"),
                                         (False, "none")])
 def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm):
@@ -404,7 +453,7 @@ def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm
     _, variables, _ = shapes(Net(arch=arch, bias=bias, norm=norm))
     assert sum(p.numel() for p in net.parameters()) == count_params(variables["params"])
     assert tuple(net(torch.zeros(2, 1, 28, 28)).shape) == (2, 10)
-    if norm == "layer":  # the peer's norm computes what a block's does, from its input
+    if norm == "layer" and arch.startswith("c8 "):  # the peer's norm does what a block's does
         model = Net(arch="c8", norm="layer", dropout_rate=0.0)
         x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
         _, inter = model.apply(model.init(jax.random.key(1), x), x, capture_intermediates=True,

@@ -579,3 +579,21 @@ def test_training_never_imports_tensorflow(mnist_splits, tfds_dir, mnist_dir, tm
     assert r.returncode == 0, r.stderr[-2000:]
     assert "final test accuracy" in r.stdout
     assert not mark.exists()
+
+
+def test_config_flags_are_the_inverse_of_the_parser(monkeypatch):
+    # one field of each kind: a bool each way, a choice, a float, an int, a string with
+    # spaces; unchanged fields give no flag
+    config = dataclasses.replace(configs.tiny(), bias=False, nesterov=True, momentum=0.8,
+                                 lr=0.0123, epochs=7, arch="c8 p fv12 fv12x4", tta=4)
+    flags = train_cli.config_flags(config, "tiny")
+    assert flags == ["--arch", "c8 p fv12 fv12x4", "--epochs", "7", "--lr", "0.0123",
+                     "--momentum", "0.8", "--nesterov", "--no-bias", "--tta", "4"]
+    args = train_cli.build_parser().parse_args(["--recipe", "tiny", *flags])
+    assert train_cli.config_from_args(args) == config
+    assert train_cli.config_flags(configs.tiny(), "tiny") == []
+    # None (the backend decides) has no flag once a recipe sets the field
+    monkeypatch.setitem(configs.RECIPES, "kernels-on",
+                        lambda: dataclasses.replace(configs.tiny(), fast_kernels=True))
+    with pytest.raises(ValueError, match="fast_kernels=None has no flag"):
+        train_cli.config_flags(configs.tiny(), "kernels-on")

@@ -78,6 +78,25 @@ def config_from_args(args) -> configs.Config:
     return dataclasses.replace(configs.RECIPES[args.recipe or "default"](), **overrides)
 
 
+def config_flags(config: configs.Config, recipe: str = "default") -> list[str]:
+    """The config flags that, after `--recipe recipe`, give `config`: the inverse of
+    `config_from_args`, for scripts that start runs (experiments/basics.py)."""
+    base, out = configs.RECIPES[recipe](), []
+    for name in configs.field_types():
+        value = getattr(config, name)
+        if value == getattr(base, name):
+            continue
+        if value is None:
+            raise ValueError(f"{name}=None has no flag (it is {getattr(base, name)!r} in "
+                             f"the recipe {recipe!r})")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, str(value)]
+    return out
+
+
 def table_lines(rows, image: int = 28) -> list[str]:
     """`models.layer_table`'s rows as the text table `--summary` prints: the head's field
     is the part of the image its pool (or dense layer) sees."""
