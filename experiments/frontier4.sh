@@ -15,8 +15,10 @@
 #            the 3-seed comparisons (both recipes then took the leaky ReLU); `micro`
 #            (leaky ReLU) and `nano` (no head layer) with 60 epochs instead of 20
 #   round 5: factorised convs (fcN/fvN: a 3x1 conv then a 1x3) in `micro` (1,978
-#            params) and `tiny` (3,746), three seeds each, their shapes widened into the
+#            params) and `tiny` (3,746), two seeds each, their shapes widened into the
 #            parameters the factorisation frees
+#   round 6: `micro` and `tiny` with no head layer (--head none), its parameters moved
+#            to depth: `c8 p v10 v10x5` (1,856) and `c8 p v8 v10 v12 v10` (3,672)
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -97,15 +99,24 @@ case "$ROUND" in
   queue_a() {
     run micro-6 fv12 --recipe micro --arch "c8 p fv12 fv12x4"
     run micro-6 fv12-seed1 --recipe micro --arch "c8 p fv12 fv12x4" --seed 1
-    run micro-6 fv12-seed2 --recipe micro --arch "c8 p fv12 fv12x4" --seed 2
   }
   queue_b() {
     run tiny-13 fv14 --recipe tiny --arch "c8 p fv14 fv14 fv14x3"
     run tiny-13 fv14-seed1 --recipe tiny --arch "c8 p fv14 fv14 fv14x3" --seed 1
-    run tiny-13 fv14-seed2 --recipe tiny --arch "c8 p fv14 fv14 fv14x3" --seed 2
+  } ;;
+6)
+  # no head layer: the last block's 10 channels, averaged, are the logits (as `nano`)
+  queue_a() {
+    run micro-7 x5-nohead --recipe micro --arch "c8 p v10 v10x5" --head none
+    run micro-7 x5-nohead-seed1 --recipe micro --arch "c8 p v10 v10x5" --head none --seed 1
+  }
+  queue_b() {
+    run tiny-14 v12-v10-nohead --recipe tiny --arch "c8 p v8 v10 v12 v10" --head none
+    run tiny-14 v12-v10-nohead-seed1 --recipe tiny --arch "c8 p v8 v10 v12 v10" --head none \
+      --seed 1
   } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 5)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 6)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &

@@ -66,15 +66,9 @@ def params_of(config: dict) -> int:
     """The parameters of the net a config.json (or a part of one) describes; the fields
     it leaves out keep their defaults."""
     from jaxmnist.configs import Config
-
-    return _count_params(Config.from_dict(config))
-
-
-@functools.cache
-def _count_params(config) -> int:
     from jaxmnist.steps import param_count
 
-    return param_count(config)
+    return param_count(Config.from_dict(config))
 
 
 def accuracy(run: Path, epoch: int = -1) -> float:

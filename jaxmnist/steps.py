@@ -72,14 +72,24 @@ def make_model(config: configs.Config) -> Net:
 
 def variable_shapes(config: configs.Config) -> dict:
     """The variables of `config`'s net as shapes (`jax.eval_shape`: nothing is compiled)."""
-    return jax.eval_shape(functools.partial(make_model(config).init, train=False),
-                          jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+    return _shapes(make_model(config))
+
+
+def _shapes(model: Net) -> dict:
+    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
 
 
 def param_count(config: configs.Config) -> int:
     """The parameters of `config`'s net, counted as PyTorch's summary counts them
-    (weights, biases, BatchNorm's scale and offset), from shapes alone."""
-    return count_params(variable_shapes(config)["params"])
+    (weights, biases, BatchNorm's scale and offset), from shapes alone; once per net
+    (dropout and the fast kernels change no parameter)."""
+    return _net_param_count(make_model(config).clone(dropout_rate=0.0, fast=True))
+
+
+@functools.cache
+def _net_param_count(model: Net) -> int:
+    return count_params(_shapes(model)["params"])
 
 
 # An init runs once: on a CPU it is compiled without LLVM's optimisations, which take
