@@ -15,8 +15,8 @@
 #            the 3-seed comparisons (both recipes then took the leaky ReLU); `micro`
 #            (leaky ReLU) and `nano` (no head layer) with 60 epochs instead of 20
 #   round 5: factorised convs (fcN/fvN: a 3x1 conv then a 1x3) in `micro` (1,978
-#            params) and `tiny` (3,746), two seeds each, their shapes widened into the
-#            parameters the factorisation frees
+#            params) and `tiny` (3,746), three seeds each, their shapes widened into the
+#            parameters the factorisation frees (the third seeds ran after round 6)
 #   round 6: `micro` and `tiny` with no head layer (--head none), its parameters moved
 #            to depth: `c8 p v10 v10x5` (1,856) and `c8 p v8 v10 v12 v10` (3,672)
 #
@@ -99,10 +99,12 @@ case "$ROUND" in
   queue_a() {
     run micro-6 fv12 --recipe micro --arch "c8 p fv12 fv12x4"
     run micro-6 fv12-seed1 --recipe micro --arch "c8 p fv12 fv12x4" --seed 1
+    run micro-6 fv12-seed2 --recipe micro --arch "c8 p fv12 fv12x4" --seed 2
   }
   queue_b() {
     run tiny-13 fv14 --recipe tiny --arch "c8 p fv14 fv14 fv14x3"
     run tiny-13 fv14-seed1 --recipe tiny --arch "c8 p fv14 fv14 fv14x3" --seed 1
+    run tiny-13 fv14-seed2 --recipe tiny --arch "c8 p fv14 fv14 fv14x3" --seed 2
   } ;;
 6)
   # no head layer: the last block's 10 channels, averaged, are the logits (as `nano`)

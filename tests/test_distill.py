@@ -83,6 +83,7 @@ def test_weight_zero_is_the_step_without_a_teacher(teacher_run):
     assert steps.loss_options(STUDENT)["distill_weight"] == 0.0  # no teacher: no distillation
 
 
+@pytest.mark.slow  # three short runs (the quick suite trains one distilled run, below)
 def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
         teacher_run, synthetic_splits, tmp_path):
     config = dataclasses.replace(STUDENT, teacher=str(teacher_run), epochs=2, distill_weight=1.0,

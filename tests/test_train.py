@@ -249,6 +249,7 @@ def test_a_short_run_learns_and_writes_its_run_directory(synthetic_splits, tmp_p
     chex.assert_trees_all_close(variables["params"], state.params)
 
 
+@pytest.mark.slow  # two runs; the quick suite's resumed run equals a straight one already
 def test_same_seed_same_metrics(synthetic_splits, tmp_path):
     for name in ("a", "b"):
         train.train_and_evaluate(SHORT, tmp_path / name, splits=synthetic_splits)
