@@ -182,9 +182,9 @@ class ConvBlock(nn.Module):
     `bn_before_relu`, conv -> BatchNorm -> ReLU -> Dropout. `separable`: the conv is a
     3x3 depthwise conv (one filter per input channel) then a 1x1 conv, with no
     nonlinearity between (as Xception's separable convs). `factorised`: the conv is a 3x1
-    conv then a 1x3 conv, each to `features`, with no nonlinearity between (a 3x3 conv
-    of rank at most `features` in its spatial shape, for 3·in·N + 3·N·N weights instead
-    of 9·in·N). `norm="layer"`: a norm
+    conv then a 1x3 conv, each to `features`, with no nonlinearity between: a 3x3 conv
+    each of whose kernels is a sum of `features` products of a column and a row, for
+    3·in·N + 3·N·N weights instead of 9·in·N. `norm="layer"`: a norm
     without parameters (each image standardised over H, W and C) in BatchNorm's place.
     `norm="none"`: no norm. `activation`: in the ReLU's place, "sigmoid", "leaky_relu"
     (slope 0.01 below 0, PyTorch's LeakyReLU) or "prelu" (a learned slope below 0, one
