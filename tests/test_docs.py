@@ -1,11 +1,14 @@
 """The docs match the committed files: generated tables, links, and the front page's size."""
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+
+from jaxmnist import configs
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -93,3 +96,30 @@ def test_the_experiments_index_lists_every_script():
     scripts = [p.name for p in (REPO / "experiments").iterdir()
                if p.suffix in (".py", ".sh", ".ipynb")]
     assert scripts and [s for s in scripts if f"`{s}`" not in index] == []
+
+
+@pytest.mark.parametrize("val_8, shifts", [((0.9928, 0.9934), 4), ((0.9934, 0.9936), 8)])
+def test_the_tta_count_is_8_only_for_more_images_right_on_validation(summarize, tmp_path,
+                                                                      val_8, shifts):
+    import frontier  # experiments/, on the path the summarize fixture gives
+
+    results = tmp_path / "results"
+    # two validation seeds: 4 shifts get 99.34 and 99.28 %; 8 shifts the same count of
+    # images in the other order (equal, whatever the float sums give), or one image more
+    for seed, (v4, v8) in enumerate(zip((0.9934, 0.9928), val_8)):
+        run = results / "selection" / "tiny-12" / ("leaky" + (f"-seed{seed}" if seed else ""))
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps(
+            {"epoch": 1, "val_accuracy_by_shifts": {"0": 0.99, "4": v4, "8": v8}}) + "\n")
+    tiny = results / "tiny"
+    tiny.mkdir()
+    (tiny / "config.json").write_text(json.dumps(
+        configs.Config(arch="c4 p c8", epochs=1).to_dict()))
+    (tiny / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.99}) + "\n")
+    (results / "studies").mkdir()
+    (results / "studies" / "tta_probe.jsonl").write_text(json.dumps(
+        {"run": "tiny", "test_accuracy_by_shifts": {"0": 0.99, "4": 0.992, "8": 0.993}}) + "\n")
+    [point] = frontier.tta_points(results)
+    assert point["recipe"] == "tiny" and point["shifts"] == shifts
+    assert point["mean"] == pytest.approx({4: 99.2, 8: 99.3}[shifts])
+    assert point["params"] == 4 * 9 + 8 + 8 * 9 * 4 + 16 + 80
