@@ -214,7 +214,8 @@ def tiny() -> Config:
     tiny-8/: the published net's own recipe, an average of the weights, weight decay,
     separable blocks; tiny-9/, tiny-10/: 40 epochs, two teachers, a shared-weight
     block); then test-time augmentation, a PReLU, and the leaky ReLU against a ReLU over
-    three seeds each (tiny-11/, tiny-12/; the ReLU version is superseded);
+    three seeds each (tiny-11/, tiny-12/; the ReLU version is superseded); kept against
+    factorised convs, no head layer and 60 epochs (tiny-13/ to tiny-15/);
     docs/selection-small.md."""
     return dataclasses.replace(
         default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
@@ -237,8 +238,8 @@ def micro() -> Config:
     1,936-parameter net's shape), a norm without parameters, `tiny`'s augmentation, 40
     epochs and a teacher (experiments/results/selection/micro-1/, micro-2/), then
     test-time augmentation, a PReLU, and the leaky ReLU against a ReLU over three seeds
-    each (micro-3/, micro-4/; the ReLU version is superseded);
-    docs/selection-micro-nano.md."""
+    each (micro-3/, micro-4/; the ReLU version is superseded); kept against 60 epochs,
+    factorised convs and no head layer (micro-5/ to micro-7/); docs/selection-micro.md."""
     return dataclasses.replace(default(), arch=MICRO_ARCH, bias=True, dropout=0.0,
                                activation="leaky_relu")
 
@@ -261,7 +262,7 @@ def nano() -> Config:
     test-time augmentation and a leaky ReLU (nano-7/, nano-8/); the head layer's
     parameters moved to depth beat `c4 p dc8 dc10 p dc14` with a head (698 params,
     superseded) and `c4 p dc10 dc10 p dc10x3` (nano-9/); 60 epochs beat 20 (nano-10/;
-    the 20-epoch version is superseded); docs/selection-micro-nano.md."""
+    the 20-epoch version is superseded); docs/selection-nano.md."""
     return dataclasses.replace(default(), arch=NANO_ARCH, head="none", dropout=0.0,
                                rotate_degrees=0.0, shift_pixels=0.0, epochs=60)
 
