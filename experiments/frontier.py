@@ -177,7 +177,7 @@ def load_groups(results: Path) -> list[dict]:
 # validation split with --tta 8 (each also recording the single pass and 4 shifts), from
 # which the number of shifts is chosen, and the test-set scores of its committed
 # checkpoints with each number of shifts (studies/tta_probe.jsonl, experiments/tta_probe.py).
-TTA_SELECTION = {"fast": "selection/fast-14/tta8", "tiny": "selection/tiny-12/leaky",
+TTA_SELECTION = {"fast": "selection/fast-14/tta8", "tiny": "selection/tiny-15/e60",
                  "micro": "selection/micro-4/leaky",
                  "nano": "selection/nano-10/e60"}
 
@@ -207,6 +207,9 @@ def tta_points(results: Path) -> list[dict]:
                  if re.fullmatch(rf"{recipe}(-seed\d+)?", Path(line["run"]).name)]
         if not selection or not tests:
             continue
+        if (finished := read_run(results / recipe)) is None:
+            raise SystemExit(f"{results / recipe}: not a finished test-set run (the probe "
+                             "scores its checkpoints)")
         finals = [read_metrics(run)[-1]["val_accuracy_by_shifts"] for run in selection]
         val = {k: statistics.mean(100 * final[k] for final in finals) for k in ("0", "4", "8")}
         shifts = "8" if val["8"] - val["4"] > TTA_TIE else "4"
@@ -214,7 +217,7 @@ def tta_points(results: Path) -> list[dict]:
         single = [100 * line["test_accuracy_by_shifts"]["0"] for line in tests]
         out.append({"recipe": recipe, "shifts": int(shifts), "validation": val,
                     "selection": [r.relative_to(results).as_posix() for r in selection],
-                    "params": param_count(read_run(results / recipe)[0]),
+                    "params": param_count(finished[0]),
                     "accuracies": accuracies, "mean": statistics.mean(accuracies),
                     "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                     "single": statistics.mean(single)})

@@ -108,7 +108,7 @@ def test_the_tta_count_is_8_only_for_more_images_right_on_validation(summarize, 
     # two validation seeds: 4 shifts get 99.34 and 99.28 %; 8 shifts the same count of
     # images in the other order (equal, whatever the float sums give), or one image more
     for seed, (v4, v8) in enumerate(zip((0.9934, 0.9928), val_8)):
-        run = results / "selection" / "tiny-12" / ("leaky" + (f"-seed{seed}" if seed else ""))
+        run = results / (frontier.TTA_SELECTION["tiny"] + (f"-seed{seed}" if seed else ""))
         run.mkdir(parents=True)
         (run / "metrics.jsonl").write_text(json.dumps(
             {"epoch": 1, "val_accuracy_by_shifts": {"0": 0.99, "4": v4, "8": v8}}) + "\n")
