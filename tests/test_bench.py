@@ -60,6 +60,7 @@ def test_bench_scan_times_several_steps_per_call(run_bench):
     assert result["train_images_per_s"] > 0
 
 
+@pytest.mark.slow  # one more process and compile; the quick suite benches c4 p v8 twice
 def test_bench_times_any_member_of_the_family(run_bench):
     r = run_bench("--recipe", "fast", "--arch", "c4 p v8 v8", "--steps", "2", "--eval-steps",
                   "1", "--no-record")

@@ -83,7 +83,7 @@ def test_weight_zero_is_the_step_without_a_teacher(teacher_run):
     assert steps.loss_options(STUDENT)["distill_weight"] == 0.0  # no teacher: no distillation
 
 
-@pytest.mark.slow  # three short runs (the quick suite trains one distilled run, below)
+@pytest.mark.slow  # three short runs; the quick suite checks the distilled step's loss
 def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
         teacher_run, synthetic_splits, tmp_path):
     config = dataclasses.replace(STUDENT, teacher=str(teacher_run), epochs=2, distill_weight=1.0,
@@ -107,6 +107,7 @@ def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
     assert int(one.step) == 8
 
 
+@pytest.mark.slow  # ends in a two-epoch run; the quick suite keeps the distilled step's loss
 def test_logits_computed_once_are_the_teachers_of_the_images_as_they_are(
         teacher_run, synthetic_splits, tmp_path):
     config = dataclasses.replace(STUDENT, teacher=str(teacher_run), distill_once=True,
@@ -205,6 +206,7 @@ def test_layer_norm_has_no_params_and_standardises_each_image():
                                layer_norm.apply(vl, x, train=False), rtol=1e-6)
 
 
+@pytest.mark.slow  # a run end to end; the norm's maths is tested above, in the quick suite
 def test_a_layer_norm_run_trains_and_loads(synthetic_splits, tmp_path):
     config = dataclasses.replace(TEACHER, norm="layer", epochs=2, lr=0.03)
     state = train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
