@@ -101,7 +101,8 @@ def layer_inputs(arch: str) -> list[tuple[str, str, int, tuple[int, int, int]]]:
         shrink = 2 * repeats
         shape = {"conv": (h, w, features), "valid": (h - shrink, w - shrink, features),
                  "pool": (h // 2, w // 2, c), "space_to_depth": (h // 2, w // 2, 4 * c),
-                 "transition": (h, w, features)}[kind.removeprefix("separable_")]
+                 "transition": (h, w, features)}[
+                     kind.removeprefix("separable_").removeprefix("factorised_")]
     return out
 
 

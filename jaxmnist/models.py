@@ -223,13 +223,13 @@ class ConvBlock(nn.Module):
             conv = lambda x: pointwise(depthwise(x))  # noqa: E731
         elif self.factorised:
             # padding 1 pads only the dimension each conv's kernel spans
-            pad = "VALID" if self.padding == "VALID" else None
+            p = 0 if self.padding == "VALID" else self.padding
             vertical = nn.Conv(
-                self.features, (3, 1), padding=pad or ((self.padding,) * 2, (0, 0)),
+                self.features, (3, 1), padding=((p, p), (0, 0)),
                 use_bias=self.bias, kernel_init=torch_conv_init,
                 bias_init=torch_conv_bias_init(3 * channels), name="conv3x1")
             horizontal = nn.Conv(
-                self.features, (1, 3), padding=pad or ((0, 0), (self.padding,) * 2),
+                self.features, (1, 3), padding=((0, 0), (p, p)),
                 use_bias=self.bias, kernel_init=torch_conv_init,
                 bias_init=torch_conv_bias_init(3 * self.features), name="conv1x3")
             conv = lambda x: horizontal(vertical(x))  # noqa: E731

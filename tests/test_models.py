@@ -317,6 +317,20 @@ def test_separable_blocks_count_and_shape_as_pytorchs_groups_conv_then_1x1():
     chex.assert_shape(biased["params"]["block2"]["depthwise"]["kernel"], (3, 3, 1, 4))
 
 
+def _conv(x, kernel, padding):
+    """NHWC x, HWIO kernel; padding 1 (one pixel a side) or "VALID"."""
+    pad = [(1, 1), (1, 1)] if padding == 1 else "VALID"
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pad,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _relu_then_batchnorm(variables, y):
+    """A block's ReLU then its BatchNorm in eval mode, written out (eps 1e-5)."""
+    stats, bn = variables["batch_stats"]["bn"], variables["params"]["bn"]
+    return ((jax.nn.relu(y) - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * bn["scale"]
+            + bn["bias"])
+
+
 @pytest.mark.parametrize("padding", [1, "VALID"])
 def test_a_separable_block_is_a_per_channel_3x3_then_a_1x1(padding):
     from jaxmnist.models import ConvBlock
@@ -328,15 +342,9 @@ def test_a_separable_block_is_a_per_channel_3x3_then_a_1x1(padding):
     depthwise = params["depthwise"]["kernel"]  # (3, 3, 1, 3): one 3x3 filter per channel
     # The same maths as one dense 3x3 conv whose kernel is zero off the channel diagonal.
     dense = jnp.einsum("hwc,cd->hwcd", depthwise[:, :, 0, :], jnp.eye(3))
-    pad = [(1, 1), (1, 1)] if padding == 1 else "VALID"
-    y = jax.lax.conv_general_dilated(x, dense, (1, 1), pad,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = y + params["depthwise"]["bias"]
+    y = _conv(x, dense, padding) + params["depthwise"]["bias"]
     y = y @ params["pointwise"]["kernel"][0, 0] + params["pointwise"]["bias"]
-    stats = variables["batch_stats"]["bn"]
-    bn = params["bn"]
-    want = ((jax.nn.relu(y) - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * bn["scale"]
-            + bn["bias"])
+    want = _relu_then_batchnorm(variables, y)
     chex.assert_trees_all_close(block.apply(variables, x, train=False), want, atol=1e-5)
     chex.assert_shape(want, (2, 6, 6, 5) if padding == 1 else (2, 4, 4, 5))
 
@@ -373,19 +381,13 @@ def test_a_factorised_block_is_a_3x3_conv_of_the_two_kernels_composed(padding):
     vertical, horizontal = params["conv3x1"], params["conv1x3"]
     # kernel[i, j, c, n] = sum_m A[i, c, m] B[j, m, n]; A's bias goes through B's taps
     dense = jnp.einsum("icm,jmn->ijcn", vertical["kernel"][:, 0], horizontal["kernel"][0])
-    pad = [(1, 1), (1, 1)] if padding == 1 else "VALID"
-    y = jax.lax.conv_general_dilated(x, dense, (1, 1), pad,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    # the 1x3 conv sees A's bias at every tap but the zero padding's
-    ones = jnp.pad(jnp.ones((1, 6 if padding == 1 else 4, 6 if padding == 1 else 4, 1)),
-                   ((0, 0), (0, 0), (1, 1), (0, 0))) if padding == 1 else jnp.ones((1, 4, 6, 1))
-    bias_map = jax.lax.conv_general_dilated(
-        ones * vertical["bias"], horizontal["kernel"], (1, 1), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = y + bias_map + horizontal["bias"]
-    stats, bn = variables["batch_stats"]["bn"], params["bn"]
-    want = ((jax.nn.relu(y) - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * bn["scale"]
-            + bn["bias"])
+    # the 1x3 conv sees A's bias at every tap but the zero padding's: A's output rows
+    # (6, or 4 valid) by 6 columns, padded by one column a side where the block pads
+    side = 1 if padding == 1 else 0
+    ones = jnp.pad(jnp.ones((1, 6 - 2 * (1 - side), 6, 1)), ((0, 0), (0, 0), (side, side), (0, 0)))
+    bias_map = _conv(ones * vertical["bias"], horizontal["kernel"], "VALID")
+    want = _relu_then_batchnorm(variables, _conv(x, dense, padding) + bias_map
+                                + horizontal["bias"])
     chex.assert_shape(want, (2, 6, 6, 5) if padding == 1 else (2, 4, 4, 5))
     chex.assert_trees_all_close(block.apply(variables, x, train=False), want, atol=1e-5)
 
