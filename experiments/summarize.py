@@ -110,6 +110,8 @@ def _augmentation(c: dict) -> str:
         parts.append(f"shift ±{c['shift_pixels']:g} px")
     if c.get("scale"):
         parts.append(f"zoom ±{100 * c['scale']:g} %")
+    if c.get("elastic_alpha"):
+        parts.append(f"elastic α {c['elastic_alpha']:g}, σ {c.get('elastic_sigma', 4.0):g} px")
     if c.get("brightness") or c.get("contrast"):
         parts.append(f"brightness ±{c.get('brightness', 0):g}, contrast ±{c.get('contrast', 0):g}")
     if not parts:

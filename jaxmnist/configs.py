@@ -71,6 +71,11 @@ class Config:
     scale: float = 0.0  # augmentation: random zoom by a factor in [1 - scale, 1 + scale]
     brightness: float = 0.0  # augmentation: + U(±brightness) on [0, 1] pixels, clipped
     contrast: float = 0.0  # augmentation: × (1 + U(±contrast)), clipped
+    # augmentation: an elastic distortion (Simard et al. 2003): every pixel moved by
+    # `elastic_alpha` times a uniform(±1) field smoothed by a Gaussian of `elastic_sigma`
+    # pixels (jaxmnist.data.elastic_field); 0: none
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
     # augmentation: the chance an image gets the geometric transform, and independently
     # the brightness/contrast one (Albumentations' p)
     augment_probability: float = 1.0
@@ -103,9 +108,11 @@ class Config:
         for name in ("momentum", "beta2", "dropout", "warmup_fraction", "label_smoothing",
                      "scale", "brightness", "contrast", "ema_decay", "weight_decay"):
             _check(name, getattr(self, name), lambda v: 0 <= v < 1, "must be in [0, 1)")
-        for name in ("rotate_degrees", "shift_pixels"):
+        for name in ("rotate_degrees", "shift_pixels", "elastic_alpha"):
             _check(name, getattr(self, name), lambda v: math.isfinite(v) and v >= 0,
                    "must be a finite number >= 0")
+        _check("elastic_sigma", self.elastic_sigma, lambda v: math.isfinite(v) and v > 0,
+               "must be a finite number > 0")
         _check("augment_probability", self.augment_probability, lambda v: 0 < v <= 1,
                "must be in (0, 1]")
         _check("validation", self.validation, lambda v: 0 <= v < MNIST_TRAIN_IMAGES,

@@ -334,10 +334,12 @@ def epoch_permutation(key: jax.Array, n: int, batch_size: int) -> jax.Array:
 
 
 def augment(key: jax.Array, images: jax.Array, max_degrees: float = 0.0,
-            max_shift: float = 0.0, max_scale: float = 0.0) -> jax.Array:
+            max_shift: float = 0.0, max_scale: float = 0.0, elastic_alpha: float = 0.0,
+            elastic_sigma: float = 4.0) -> jax.Array:
     """Random rotation (uniform in ±max_degrees), zoom (by a factor uniform in
     1 ± max_scale) and shift (uniform in ±max_shift pixels) per image, about the centre,
-    bilinear, zero (background) fill. `images` are float NHWC, 1 channel."""
+    and with `elastic_alpha` > 0 an elastic distortion (`elastic_field`), bilinear, zero
+    (background) fill. `images` are float NHWC, 1 channel."""
     n, h, w, _ = images.shape
     k_rot, k_shift = jax.random.split(key)
     angle = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-max_degrees, maxval=max_degrees))
@@ -350,16 +352,35 @@ def augment(key: jax.Array, images: jax.Array, max_degrees: float = 0.0,
                           indexing="ij")
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
 
-    def warp(image, a, s, z):
+    field = jnp.zeros((n, 2, h, w))
+    if elastic_alpha:  # its own key, as the zoom's
+        field = elastic_field(jax.random.fold_in(key, 6), n, h, w, elastic_alpha,
+                              elastic_sigma)
+
+    def warp(image, a, s, z, f):
         # Output pixel (y, x) samples the input at the inverse zoom and rotation about
-        # the centre.
+        # the centre, moved by the elastic field there.
         cos, sin = jnp.cos(a), jnp.sin(a)
         dy, dx = (yy - cy - s[0]) / z, (xx - cx - s[1]) / z
-        src_y = cos * dy - sin * dx + cy
-        src_x = sin * dy + cos * dx + cx
+        src_y = cos * dy - sin * dx + cy + f[0]
+        src_x = sin * dy + cos * dx + cx + f[1]
         return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=1, cval=0.0)
 
-    return jax.vmap(warp)(images[..., 0], angle, shift, zoom)[..., None]
+    return jax.vmap(warp)(images[..., 0], angle, shift, zoom, field)[..., None]
+
+
+def elastic_field(key: jax.Array, n: int, h: int, w: int, alpha: float,
+                  sigma: float) -> jax.Array:
+    """Simard, Steinkraus and Platt's (2003) elastic distortion: for each of `n` images a
+    displacement in pixels, (n, 2, h, w) for (dy, dx), that is `alpha` times a field of
+    uniform(±1) draws smoothed by a Gaussian of `sigma` pixels. The smoothing is
+    G @ U @ Gᵀ with G[i, j] ∝ exp(-(i - j)² / 2σ²), each row summed to 1: near the
+    border the Gaussian is cut and renormalised instead of padded."""
+    rows = jnp.arange(max(h, w), dtype=jnp.float32)
+    gauss = jnp.exp(-((rows[:, None] - rows[None, :]) ** 2) / (2 * sigma**2))
+    gauss = gauss / gauss.sum(axis=1, keepdims=True)
+    uniform = jax.random.uniform(key, (n, 2, h, w), minval=-1.0, maxval=1.0)
+    return alpha * jnp.einsum("ij,nbjk,lk->nbil", gauss[:h, :h], uniform, gauss[:w, :w])
 
 
 def adjust_brightness_contrast(key: jax.Array, images: jax.Array, brightness: float,
@@ -377,15 +398,17 @@ def get_batch(
     split: Split, index: jax.Array, key: jax.Array | None = None,
     max_degrees: float = 0.0, max_shift: float = 0.0, max_scale: float = 0.0,
     brightness: float = 0.0, contrast: float = 0.0, probability: float = 1.0,
+    elastic_alpha: float = 0.0, elastic_sigma: float = 4.0,
 ) -> dict[str, jax.Array]:
     """Gathers the images at `index`, augments them (if asked: `augment`, then
     `adjust_brightness_contrast`, each applied to an image with `probability`, drawn
     per image and per transform, as Albumentations' `p`) and normalises them. A split
     with teacher logits gives theirs at `index` too ("teacher_logits")."""
     images = split.images[index].astype(jnp.float32) / 255.0
-    if key is not None and (max_degrees or max_shift or max_scale):
+    if key is not None and (max_degrees or max_shift or max_scale or elastic_alpha):
         images = _sometimes(jax.random.fold_in(key, 4), probability, images,
-                            augment(key, images, max_degrees, max_shift, max_scale))
+                            augment(key, images, max_degrees, max_shift, max_scale,
+                                    elastic_alpha, elastic_sigma))
     if key is not None and (brightness or contrast):
         images = _sometimes(jax.random.fold_in(key, 5), probability, images,
                             adjust_brightness_contrast(jax.random.fold_in(key, 3), images,

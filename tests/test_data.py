@@ -309,6 +309,42 @@ def test_zoom_scales_a_centred_square_about_the_centre():
     np.testing.assert_allclose(centre_y, 13.5, atol=1e-3)
 
 
+def test_the_elastic_field_is_alpha_times_a_smooth_field_of_mean_zero():
+    key = jax.random.key(0)
+    field = np.asarray(data.elastic_field(key, 64, 28, 28, 1.0, 4.0))
+    chex.assert_shape(field, (64, 2, 28, 28))
+    np.testing.assert_allclose(np.asarray(data.elastic_field(key, 64, 28, 28, 16.0, 4.0)),
+                               16.0 * field, rtol=1e-5, atol=1e-6)
+    assert abs(field.mean()) < 0.1 * field.std()
+    # Smooth: neighbouring pixels move almost together; a wider Gaussian, smaller moves.
+    neighbours = np.corrcoef(field[..., :-1].ravel(), field[..., 1:].ravel())[0, 1]
+    assert neighbours > 0.9
+    assert np.asarray(data.elastic_field(key, 64, 28, 28, 1.0, 8.0)).std() < field.std()
+    # The Gaussian's rows sum to 1, so a field of equal draws would come back unchanged:
+    # a sigma far wider than the image gives nearly one displacement per image and axis.
+    wide = np.asarray(data.elastic_field(key, 8, 28, 28, 1.0, 1e4))
+    np.testing.assert_allclose(wide, wide[..., :1, :1] * np.ones_like(wide), atol=1e-4)
+
+
+def test_an_elastic_distortion_moves_strokes_a_little_and_keeps_their_ink():
+    square = jnp.zeros((32, 28, 28, 1)).at[:, 9:19, 9:19].set(1.0)
+    moved = np.asarray(data.augment(jax.random.key(0), square, elastic_alpha=16.0))
+    chex.assert_shape(moved, (32, 28, 28, 1))
+    assert not np.allclose(moved, square)
+    # The ink stretches or shrinks with the field's divergence, which averages to zero:
+    # per image within 30 %, over the batch within 5 %.
+    ink = moved.sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(ink, 100.0, rtol=0.3)
+    np.testing.assert_allclose(ink.mean(), 100.0, rtol=0.05)
+    assert (np.abs(moved - np.asarray(square)).sum(axis=(1, 2, 3)) > 1.0).all()
+    # and the batch augments with it alone
+    split = data.Split(images=(np.asarray(square) * 255).astype(np.uint8),
+                       labels=np.zeros(32, np.int32))
+    plain = data.get_batch(split, jnp.arange(32), jax.random.key(2))["image"]
+    bent = data.get_batch(split, jnp.arange(32), jax.random.key(2), elastic_alpha=16.0)["image"]
+    assert not np.allclose(bent, plain)
+
+
 def test_brightness_and_contrast_are_one_affine_map_per_image_clipped_to_0_1():
     images = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
     chex.assert_trees_all_equal(
