@@ -283,6 +283,11 @@ def plot(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
         ax_p.annotate(label, (p, a), fontsize=7, color="grey",
                       xytext=(6, 10) if near_floor else (-6, 5 if a >= 99.43 else -11),
                       textcoords="offset points", ha="left" if near_floor else "right")
+    # One colour per recipe, its earlier versions included; never the published points'
+    # grey (tab10's eighth colour).
+    palette = [c for c in plt.get_cmap("tab10").colors if len(set(c)) > 1]
+    recipes = list(dict.fromkeys(Path(g["name"]).name.split("-")[0] for g in groups))
+    colour = {r: palette[i % len(palette)] for i, r in enumerate(recipes)}
     current = {g["name"]: g for g in groups if "/" not in g["name"]}
     full = [g for g in groups if not g["name"].startswith("superseded/")]
     for g in groups:
@@ -296,6 +301,7 @@ def plot(groups: list[dict], path: Path, tta: list[dict] = ()) -> None:
             y = Y_FLOOR + 0.02 if below else g["mean"]
             bar = ax.errorbar(x, y, yerr=None if below else g["std"] or None,
                               fmt="v" if below else "o", capsize=3, ms=7 if below else 6,
+                              color=colour[Path(g["name"]).name.split("-")[0]],
                               mfc="none" if shared else None, alpha=0.35 if before else 1)
             if before:
                 if ax is ax_p:
