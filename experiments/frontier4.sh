@@ -24,6 +24,8 @@
 #   round 8: `micro` (its train accuracy is its validation accuracy) with no augmentation
 #            (as `nano` chose), a peak lr of 0.2 instead of 0.1, and batch 64 instead of
 #            128; two seeds each, a third where within 0.15 points of the recipe
+#   round 9: an elastic distortion (Simard et al. 2003; --elastic-alpha 16, sigma 4 px)
+#            on top of `tiny`'s augmentation (three seeds) and of `micro`'s (two)
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -143,8 +145,19 @@ case "$ROUND" in
     run micro-8 lr0.2-seed1 --recipe micro --lr 0.2 --seed 1
     run micro-8 b64-seed1 --recipe micro --batch-size 64 --seed 1
   } ;;
+9)
+  # elastic distortion on top of each recipe's own augmentation
+  queue_a() {
+    run tiny-16 elastic16 --recipe tiny --elastic-alpha 16
+    run tiny-16 elastic16-seed2 --recipe tiny --elastic-alpha 16 --seed 2
+  }
+  queue_b() {
+    run tiny-16 elastic16-seed1 --recipe tiny --elastic-alpha 16 --seed 1
+    run micro-9 elastic16 --recipe micro --elastic-alpha 16
+    run micro-9 elastic16-seed1 --recipe micro --elastic-alpha 16 --seed 1
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 8)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 9)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &
