@@ -381,3 +381,27 @@ def test_augment_probability_transforms_that_share_of_the_images_and_leaves_the_
         # The others are transformed exactly as with probability 1.
         np.testing.assert_allclose(half[~untouched], every[~untouched], atol=1e-5)
         assert not np.any(np.all(np.isclose(every, plain, atol=1e-5), axis=(1, 2, 3)))
+
+
+def test_the_augmentation_picture_draws_a_row_per_recipe_and_refuses_a_missing_folder(
+        tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "augmentations.py"
+    spec = importlib.util.spec_from_file_location("augmentations", path)
+    augmentations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(augmentations)
+    digits = np.zeros((3, 28, 28, 1), np.uint8)
+    digits[:, 8:20, 12:16] = 255
+    out = tmp_path / "aug.png"
+    augmentations.draw(digits, out)
+    width, height = Image.open(out).size
+    assert len(augmentations.rows()) == 5 and height > width / 2  # five rows of three
+    assert augmentations.main(["--data-dir", str(tmp_path / "absent"),
+                               "--out", str(tmp_path / "no.png")]) == 2
+    assert "MNIST directory not found" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
+
