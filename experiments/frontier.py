@@ -64,7 +64,9 @@ def net_switches(config: dict) -> str:
             + {"layer": ", layer norm", "none": ", no norm"}.get(config.get("norm"), "")
             + {"sigmoid": ", sigmoid", "leaky_relu": ", leaky ReLU", "prelu": ", PReLU"}.get(
                 config.get("activation"), "")
-            + {"dense": ", dense head", "none": ", no head layer"}.get(config.get("head"), ""))
+            + {"dense": ", dense head", "none": ", no head layer"}.get(config.get("head"), "")
+            + (f", a hidden head layer of {config['head_hidden']}"
+               if config.get("head_hidden") else ""))
 
 
 def test_set_runs(results: Path) -> list[Path]:

@@ -42,12 +42,7 @@ def build(config) -> nn.Sequential:
             # A shared block: the same conv modules again (parameters() counts them once),
             # a norm of its own each time.
             for _ in range(repeats):
-                norm = {"layer": [nn.GroupNorm(1, features, eps=1e-5, affine=False)],
-                        "none": [], "batch": [nn.BatchNorm2d(features)]}[config.norm]
-                act = [{"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU,
-                        "leaky_relu": nn.LeakyReLU}[config.activation]()]
-                layers += conv + (norm + act if config.bn_before_relu else act + norm)
-                layers += [nn.Dropout(block_dropout)] if block_dropout else []
+                layers += block(conv, features, config, block_dropout)
         elif kind == "pool":
             layers.append(nn.MaxPool2d(2))
             if config.dropout_at == "pools" and config.dropout:
@@ -67,9 +62,24 @@ def build(config) -> nn.Sequential:
     elif config.head == "none":  # the last layer's 10 channels, averaged, are the logits
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
     else:
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=config.bias),
-                   nn.Flatten(1)]
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        if config.head_hidden:  # a 1x1 block: conv, the blocks' activation, norm, dropout
+            layers += block([nn.Conv2d(channels, config.head_hidden, 1, bias=config.bias)],
+                            config.head_hidden, config, block_dropout)
+            channels = config.head_hidden
+        layers += [nn.Conv2d(channels, 10, 1, bias=config.bias), nn.Flatten(1)]
     return nn.Sequential(*layers)
+
+
+def block(conv: list, features: int, config, dropout: float) -> list:
+    """One application of a block: `conv`, then the norm and activation in `config`'s
+    order, then dropout."""
+    norm = {"layer": [nn.GroupNorm(1, features, eps=1e-5, affine=False)],
+            "none": [], "batch": [nn.BatchNorm2d(features)]}[config.norm]
+    act = [{"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU,
+            "leaky_relu": nn.LeakyReLU}[config.activation]()]
+    return (conv + (norm + act if config.bn_before_relu else act + norm)
+            + ([nn.Dropout(dropout)] if dropout else []))
 
 
 class Permute(nn.Module):

@@ -50,6 +50,10 @@ class Config:
     # the head: global average pool then a 1x1 conv to 10, or flatten then a dense layer;
     # "none": no head layer, the global average pool of the last layer's 10 channels
     head: Literal["gap", "dense", "none"] = "gap"
+    # with head "gap": a hidden layer of this many units between the average pool and the
+    # logits (a 1x1 conv with the blocks' activation, norm and dropout; GAP -> dense 16 ->
+    # 10 with 16); 0: none
+    head_hidden: int = 0
     label_smoothing: float = 0.0
     # distillation: a trained run's directory whose eval-mode logits on each training batch
     # are soft targets; the loss is (1 - w)·CE(labels) + w·T²·KL(softmax(teacher/T) ‖
@@ -103,6 +107,9 @@ class Config:
             _check(name, getattr(self, name), lambda v: v > 0, "must be > 0")
         _check("max_steps", self.max_steps, lambda v: v >= 0,
                "must be >= 0")
+        _check("head_hidden", self.head_hidden, lambda v: v >= 0, "must be >= 0")
+        if self.head_hidden and self.head != "gap":
+            raise ConfigError("head_hidden", f"needs head 'gap', got {self.head!r}")
         _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
                "must be a finite number > 0")
         for name in ("momentum", "beta2", "dropout", "warmup_fraction", "label_smoothing",

@@ -36,7 +36,11 @@ image's activations standardised over height, width and channels together (PyTor
 `head="dense"` replaces the global average pool by a flatten and a dense layer to the
 10 logits (H·W·C·10 params, + 10 with `bias`; PyTorch's `Flatten` + `Linear`, in that
 order of H, W, C). `head="none"`: no head layer; the last layer has 10 channels, and
-their global average pool is the logits.
+their global average pool is the logits. `head_hidden=H` (with `head="gap"`) puts a
+hidden layer between the average pool and the conv 1x1 ->10: a conv 1x1 ->H with the
+blocks' activation, norm and dropout (a `ConvBlock` of 1x1 kernels, `head_hidden`), as
+the published 1,936- and 2,180-parameter nets' GAP -> dense 16 -> 10 (C·H params,
++ H with `bias`, + 2H with BatchNorm).
 Parameter counts are PyTorch's: weights, biases and BatchNorm's scale and offset; not
 its running statistics.
 
@@ -190,7 +194,8 @@ class ConvBlock(nn.Module):
     (slope 0.01 below 0, PyTorch's LeakyReLU) or "prelu" (a learned slope below 0, one
     per block, from 0.25: PyTorch's PReLU()). `repeats` > 1: the block applied that
     many times with the same conv, each time with its own norm (bn1, bn2, ... or ln1,
-    ln2, ...), PReLU slope and dropout."""
+    ln2, ...), PReLU slope and dropout. `kernel_size=1`: a 1x1 conv in the 3x3's place
+    (a plain block only: the head's hidden layer)."""
 
     features: int
     padding: str | int
@@ -203,6 +208,7 @@ class ConvBlock(nn.Module):
     norm: str = "batch"
     activation: str = "relu"
     factorised: bool = False
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -234,9 +240,10 @@ class ConvBlock(nn.Module):
                 bias_init=torch_conv_bias_init(3 * self.features), name="conv1x3")
             conv = lambda x: horizontal(vertical(x))  # noqa: E731
         else:
+            k = self.kernel_size
             conv = nn.Conv(
-                self.features, (3, 3), padding=self.padding, use_bias=self.bias,
-                kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(9 * channels),
+                self.features, (k, k), padding=self.padding, use_bias=self.bias,
+                kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(k * k * channels),
                 name="conv")
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
@@ -283,8 +290,8 @@ class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
     `arch` is the layer string (module docstring; default: the seed net); `bias`,
-    `dropout_at`, `bn_before_relu`, `norm`, `activation` and `head` are the switches
-    described there.
+    `dropout_at`, `bn_before_relu`, `norm`, `activation`, `head` and `head_hidden` are
+    the switches described there.
     `fast=True` uses the layers of `jaxmnist.kernels` (same maths, faster on CPU);
     `fast=False` uses plain `nn.BatchNorm`, `nn.max_pool`, `nn.Dropout` and a grouped
     `nn.Conv` for the depthwise convs. Both have the same variables; they give the same
@@ -300,6 +307,7 @@ class Net(nn.Module):
     norm: str = "batch"
     activation: str = "relu"
     head: str = "gap"
+    head_hidden: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -308,6 +316,8 @@ class Net(nn.Module):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got "
                                  f"{getattr(self, name)!r}")
+        if self.head_hidden and self.head != "gap":
+            raise ValueError(f"head_hidden needs head 'gap', got {self.head!r}")
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
         for index, (kind, name, features, repeats) in enumerate(parse_arch(self.arch), 1):
@@ -340,6 +350,11 @@ class Net(nn.Module):
             if reason := no_head_refusal(self.arch):
                 raise ArchError(f"head {reason}")
         else:
+            if self.head_hidden:  # conv 1x1 ->H, the blocks' activation, norm, dropout
+                x = ConvBlock(self.head_hidden, "VALID", block_rate, self.fast, self.bias,
+                              self.bn_before_relu, norm=self.norm,
+                              activation=self.activation, kernel_size=1,
+                              name="head_hidden")(x, train)
             x = self._conv1x1(x, 10, "head")
         return x.reshape(x.shape[0], 10)
 
@@ -442,9 +457,13 @@ def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
                         field, jump, madds, seen(size), start, activations))
         channels = features
     # The head: the average pool (or the dense layer) sees every unit of the last layer.
+    # With a hidden layer (`head_hidden`) the head row holds it too.
     head_in = {"gap": channels, "dense": size * size * channels, "none": 0}[model.head]
-    rows.append(Row("head", model.head, (10,), count_params(params.get("head", {})),
-                    field + (size - 1) * jump, 0, head_in * 10, seen(size),
+    hidden = model.head_hidden
+    madds = head_in * hidden + hidden * 10 if hidden else head_in * 10
+    head_params = count_params(params.get("head", {})) + count_params(params.get("head_hidden", {}))
+    rows.append(Row("head", model.head, (10,), head_params,
+                    field + (size - 1) * jump, 0, madds, seen(size),
                     start + (size - 1) * jump / 2, 10))
     return rows
 

@@ -67,7 +67,8 @@ def make_model(config: configs.Config) -> Net:
     return Net(dropout_rate=config.dropout, fast=uses_fast_kernels(config), arch=config.arch,
                bias=config.bias, dropout_at=config.dropout_at,
                bn_before_relu=config.bn_before_relu, norm=config.norm,
-               activation=config.activation, head=config.head)
+               activation=config.activation, head=config.head,
+               head_hidden=config.head_hidden)
 
 
 def variable_shapes(config: configs.Config) -> dict:

@@ -13,6 +13,7 @@ from jaxmnist.models import (
     ArchError,
     Net,
     count_params,
+    layer_outputs,
     layer_table,
     parse_arch,
 )
@@ -504,3 +505,48 @@ def test_the_pytorch_peer_without_norm_with_sigmoids_and_a_dense_head_computes_t
             linear.bias.copy_(torch.from_numpy(np.array(params["head"]["bias"])))
         theirs = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())).numpy()
     np.testing.assert_allclose(theirs, model.apply({"params": params}, x), atol=1e-5)
+
+
+def test_a_hidden_head_layer_is_a_1x1_block_between_the_average_pool_and_the_logits():
+    model = Net(arch="c4 p v6", bias=True, head_hidden=5, activation="leaky_relu",
+                dropout_rate=0.0)
+    x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+    variables = model.init(jax.random.key(1), x)
+    # c4: 9·4 + 4 + 8; v6: 9·4·6 + 6 + 12; hidden: 6·5 + 5 + 2·5; logits: 5·10 + 10
+    assert count_params(variables["params"]) == 48 + 234 + 45 + 60
+    head = layer_table(model, variables)[-1]
+    assert (head.params, head.madds, head.output) == (45 + 60, 6 * 5 + 5 * 10, (10,))
+    # Eval mode, with running statistics that are not the identity's: by hand.
+    stats = {"mean": jnp.arange(5.0) / 10, "var": jnp.arange(1.0, 6.0)}
+    variables = {**variables, "batch_stats": {**variables["batch_stats"],
+                                              "head_hidden": {"bn": stats}}}
+    logits, layers = layer_outputs(model, variables, x)
+    p = variables["params"]
+    pooled = np.asarray(layers[-1]).mean(axis=(1, 2))
+    hidden = pooled @ np.asarray(p["head_hidden"]["conv"]["kernel"][0, 0]) + np.asarray(
+        p["head_hidden"]["conv"]["bias"])
+    hidden = np.where(hidden > 0, hidden, 0.01 * hidden)
+    bn = p["head_hidden"]["bn"]
+    hidden = ((hidden - np.asarray(stats["mean"])) / np.sqrt(np.asarray(stats["var"]) + 1e-5)
+              * np.asarray(bn["scale"]) + np.asarray(bn["bias"]))
+    expected = hidden @ np.asarray(p["head"]["kernel"][0, 0]) + np.asarray(p["head"]["bias"])
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="head_hidden needs head 'gap', got 'dense'"):
+        Net(arch="c4", head="dense", head_hidden=4).init(jax.random.key(0), x)
+
+
+def test_the_pytorch_peer_builds_the_hidden_head_layer_too():
+    torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
+    import importlib.util
+
+    from jaxmnist.configs import Config
+    from jaxmnist.steps import param_count
+
+    spec = importlib.util.spec_from_file_location("torch_peer",
+                                                  REPO / "experiments" / "torch_peer.py")
+    torch_peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(torch_peer)
+    config = Config(arch="c8 p v9 v9x4", bias=True, head_hidden=16, dropout=0.0)
+    net = torch_peer.build(config)
+    assert sum(p.numel() for p in net.parameters()) == param_count(config) == 1943
+    assert tuple(net(torch.zeros(2, 1, 28, 28)).shape) == (2, 10)

@@ -395,6 +395,8 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(beta2=1.0, optimizer="adam"), "beta2 must be in [0, 1), got 1.0"),
     (dict(nesterov=True, optimizer="adam"), "nesterov is SGD's: needs optimizer 'sgd'"),
     (dict(norm="group"), "norm must be 'batch' or 'layer' or 'none', got 'group'"),
+    (dict(head_hidden=-1), "head_hidden must be >= 0, got -1"),
+    (dict(head_hidden=16, head="dense"), "head_hidden needs head 'gap', got 'dense'"),
     (dict(elastic_alpha=-1.0), "elastic_alpha must be a finite number >= 0, got -1.0"),
     (dict(elastic_sigma=0.0), "elastic_sigma must be a finite number > 0, got 0.0"),
 ])
