@@ -26,6 +26,10 @@
 #            128; two seeds each, a third where within 0.15 points of the recipe
 #   round 9: an elastic distortion (Simard et al. 2003; --elastic-alpha 16, sigma 4 px)
 #            on top of `tiny`'s augmentation (three seeds) and of `micro`'s (two)
+#  round 10: `micro` with a hidden head layer (--head-hidden: the published 1,936- and
+#            2,180-parameter nets' GAP -> dense 16 -> 10), the body narrowed to pay for
+#            it: `c8 p v9 v9x4` with 16 hidden units (1,943 params) and `c6 p v10 v10x4`
+#            with 15 (1,987); two seeds each
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -156,8 +160,18 @@ case "$ROUND" in
     run micro-9 elastic16 --recipe micro --elastic-alpha 16
     run micro-9 elastic16-seed1 --recipe micro --elastic-alpha 16 --seed 1
   } ;;
+10)
+  # a hidden head layer, paid for by a narrower body
+  queue_a() {
+    run micro-10 v9-h16 --recipe micro --arch "c8 p v9 v9x4" --head-hidden 16
+    run micro-10 v9-h16-seed1 --recipe micro --arch "c8 p v9 v9x4" --head-hidden 16 --seed 1
+  }
+  queue_b() {
+    run micro-10 c6-h15 --recipe micro --arch "c6 p v10 v10x4" --head-hidden 15
+    run micro-10 c6-h15-seed1 --recipe micro --arch "c6 p v10 v10x4" --head-hidden 15 --seed 1
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 9)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 10)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &
