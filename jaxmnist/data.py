@@ -376,11 +376,13 @@ def elastic_field(key: jax.Array, n: int, h: int, w: int, alpha: float,
     uniform(±1) draws smoothed by a Gaussian of `sigma` pixels. The smoothing is
     G @ U @ Gᵀ with G[i, j] ∝ exp(-(i - j)² / 2σ²), each row summed to 1: near the
     border the Gaussian is cut and renormalised instead of padded."""
-    rows = jnp.arange(max(h, w), dtype=jnp.float32)
-    gauss = jnp.exp(-((rows[:, None] - rows[None, :]) ** 2) / (2 * sigma**2))
-    gauss = gauss / gauss.sum(axis=1, keepdims=True)
+    def gauss(size):
+        i = jnp.arange(size, dtype=jnp.float32)
+        g = jnp.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma**2))
+        return g / g.sum(axis=1, keepdims=True)
+
     uniform = jax.random.uniform(key, (n, 2, h, w), minval=-1.0, maxval=1.0)
-    return alpha * jnp.einsum("ij,nbjk,lk->nbil", gauss[:h, :h], uniform, gauss[:w, :w])
+    return alpha * jnp.einsum("ij,nbjk,lk->nbil", gauss(h), uniform, gauss(w))
 
 
 def adjust_brightness_contrast(key: jax.Array, images: jax.Array, brightness: float,

@@ -240,11 +240,11 @@ class ConvBlock(nn.Module):
                 bias_init=torch_conv_bias_init(3 * self.features), name="conv1x3")
             conv = lambda x: horizontal(vertical(x))  # noqa: E731
         else:
-            k = self.kernel_size
+            size = self.kernel_size
             conv = nn.Conv(
-                self.features, (k, k), padding=self.padding, use_bias=self.bias,
-                kernel_init=torch_conv_init, bias_init=torch_conv_bias_init(k * k * channels),
-                name="conv")
+                self.features, (size, size), padding=self.padding, use_bias=self.bias,
+                kernel_init=torch_conv_init,
+                bias_init=torch_conv_bias_init(size * size * channels), name="conv")
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
             act = {"relu": nn.relu, "sigmoid": nn.sigmoid,

@@ -321,8 +321,10 @@ def test_the_elastic_field_is_alpha_times_a_smooth_field_of_mean_zero():
     assert neighbours > 0.9
     assert np.asarray(data.elastic_field(key, 64, 28, 28, 1.0, 8.0)).std() < field.std()
     # The Gaussian's rows sum to 1, so a field of equal draws would come back unchanged:
-    # a sigma far wider than the image gives nearly one displacement per image and axis.
-    wide = np.asarray(data.elastic_field(key, 8, 28, 28, 1.0, 1e4))
+    # a sigma far wider than the image gives nearly one displacement per image and axis,
+    # on an image that is not square too.
+    wide = np.asarray(data.elastic_field(key, 8, 20, 28, 1.0, 1e4))
+    chex.assert_shape(wide, (8, 2, 20, 28))
     np.testing.assert_allclose(wide, wide[..., :1, :1] * np.ones_like(wide), atol=1e-4)
 
 
