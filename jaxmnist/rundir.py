@@ -108,6 +108,15 @@ def metrics_record(epoch: int, step_metrics: list[dict], evaluation: dict, eval_
     }
 
 
+def shifts_note(evaluation: dict, tta: int) -> str:
+    """What an accuracy with test-time augmentation is, for a log line: " with 8 shifts
+    (single pass 99.22%)"; "" for one pass."""
+    if not tta:
+        return ""
+    single = evaluation["accuracy_by_shifts"]["0"]
+    return f" with {tta} shifts (single pass {100 * single:.2f}%)"
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
     files.append_line(run_dir / "metrics.jsonl", json.dumps(record))
 

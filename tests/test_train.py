@@ -509,6 +509,11 @@ def test_summary_line_labels_the_best_epoch_as_chosen_on_the_eval_set():
     line = train_cli.summary_line(history, wall=12.3)
     assert line.startswith("final val accuracy 98.00% (epoch 2); best 99.00% at epoch 1 "
                            "(chosen on the val set); wall 12s; 150 train images/s on 1x cpu")
+    # With test-time augmentation the line names the shifts and gives the single pass.
+    history[-1]["val_accuracy_by_shifts"] = {"0": 0.9722, "4": 0.975, "8": 0.98}
+    line = train_cli.summary_line(history, wall=12.3)
+    assert line.startswith("final val accuracy 98.00% with 8 shifts (single pass 97.22%) "
+                           "(epoch 2); best 99.00% at epoch 1")
 
 
 # --- end to end, in processes of their own --------------------------------------------

@@ -202,7 +202,8 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
                                              workdir / "curves.png", eval_name)
                     log.info(f"epoch {epoch:2d}  train loss {record['train_loss']:.4f} acc "
                              f"{100 * record['train_accuracy']:.2f}%  {eval_name} loss "
-                             f"{ev['loss']:.4f} acc {100 * ev['accuracy']:.2f}%  "
+                             f"{ev['loss']:.4f} acc {100 * ev['accuracy']:.2f}%"
+                             f"{rundir.shifts_note(ev, config.tta)}  "
                              f"{record['seconds']:.1f}s")
             rundir.wait_for_saves(manager)
             if plotted is not None:

@@ -137,7 +137,10 @@ def summary_line(history: list[dict], wall: float) -> str:
     best = max(history, key=lambda h: h[f"{eval_name}_accuracy"])
     # Every epoch trains the same number of images: the overall rate is the harmonic mean.
     images_per_s = len(history) / sum(1 / h["train_images_per_s"] for h in history)
-    return (f"final {eval_name} accuracy {100 * final[f'{eval_name}_accuracy']:.2f}% "
+    shifts = final.get(f"{eval_name}_accuracy_by_shifts", {})
+    tta = max((int(k) for k in shifts), default=0)
+    note = rundir.shifts_note({"accuracy_by_shifts": shifts}, tta)
+    return (f"final {eval_name} accuracy {100 * final[f'{eval_name}_accuracy']:.2f}%{note} "
             f"(epoch {final['epoch']}); best {100 * best[f'{eval_name}_accuracy']:.2f}% at "
             f"epoch {best['epoch']} (chosen on the {eval_name} set); wall {wall:.0f}s; "
             f"{images_per_s:.0f} train images/s on {jax.device_count()}x "
