@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -51,15 +52,18 @@ def draw(images: np.ndarray, path: Path, seed: int = 0) -> None:
     split = data.Split(images=jnp.asarray(images), labels=jnp.zeros(len(images), jnp.int32))
     index = jnp.arange(len(images))
     table = rows()
-    fig, axes = plt.subplots(len(table), len(images), figsize=(len(images) * 0.9 + 1.6,
-                                                                  len(table) * 0.95))
+    fig, axes = plt.subplots(len(table), len(images), squeeze=False,
+                             figsize=(len(images) * 0.9 + 1.6, len(table) * 0.95))
     for axs, (label, c) in zip(axes, table):
-        key = None if c is None else jax.random.key(seed)
-        kwargs = {} if c is None else dict(
-            max_degrees=c.rotate_degrees, max_shift=c.shift_pixels, max_scale=c.scale,
-            brightness=c.brightness, contrast=c.contrast, probability=c.augment_probability,
-            elastic_alpha=c.elastic_alpha, elastic_sigma=c.elastic_sigma)
-        batch = np.asarray(data.get_batch(split, index, key, **kwargs)["image"])
+        if c is None:
+            batch = data.get_batch(split, index)
+        else:  # compiled whole, as training runs it
+            batch = jax.jit(functools.partial(
+                data.get_batch, max_degrees=c.rotate_degrees, max_shift=c.shift_pixels,
+                max_scale=c.scale, brightness=c.brightness, contrast=c.contrast,
+                probability=c.augment_probability, elastic_alpha=c.elastic_alpha,
+                elastic_sigma=c.elastic_sigma))(split, index, jax.random.key(seed))
+        batch = np.asarray(batch["image"])
         shown = batch * data.STD + data.MEAN  # back to [0, 1] pixels
         for ax, image in zip(axs, shown):
             ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)

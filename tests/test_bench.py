@@ -38,6 +38,7 @@ def test_describe_cpu_names_the_model_family_and_vector_units(flags, units):
     assert bench.describe_cpu(text) == f"AMD EPYC (family 26, model 2; {units})"
 
 
+@pytest.mark.slow  # an option, in a process of its own; the quick suite runs bench already
 def test_bench_xla_defaults_compiles_with_xla_s_own_options_and_out_names_the_file(
         run_bench, tmp_path):
     r = run_bench("--arch", "c4 p v8", "--steps", "2", "--eval-steps", "1", "--xla-defaults",

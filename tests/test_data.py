@@ -1,5 +1,6 @@
 """The input pipeline: IDX verification, the local TFDS builder, batches on device."""
 
+import functools
 import gzip
 import hashlib
 import json
@@ -311,26 +312,28 @@ def test_zoom_scales_a_centred_square_about_the_centre():
 
 def test_the_elastic_field_is_alpha_times_a_smooth_field_of_mean_zero():
     key = jax.random.key(0)
-    field = np.asarray(data.elastic_field(key, 64, 28, 28, 1.0, 4.0))
+    elastic_field = jax.jit(data.elastic_field, static_argnums=(1, 2, 3))  # one compile a shape
+    field = np.asarray(elastic_field(key, 64, 28, 28, 1.0, 4.0))
     chex.assert_shape(field, (64, 2, 28, 28))
-    np.testing.assert_allclose(np.asarray(data.elastic_field(key, 64, 28, 28, 16.0, 4.0)),
+    np.testing.assert_allclose(np.asarray(elastic_field(key, 64, 28, 28, 16.0, 4.0)),
                                16.0 * field, rtol=1e-5, atol=1e-6)
     assert abs(field.mean()) < 0.1 * field.std()
     # Smooth: neighbouring pixels move almost together; a wider Gaussian, smaller moves.
     neighbours = np.corrcoef(field[..., :-1].ravel(), field[..., 1:].ravel())[0, 1]
     assert neighbours > 0.9
-    assert np.asarray(data.elastic_field(key, 64, 28, 28, 1.0, 8.0)).std() < field.std()
+    assert np.asarray(elastic_field(key, 64, 28, 28, 1.0, 8.0)).std() < field.std()
     # The Gaussian's rows sum to 1, so a field of equal draws would come back unchanged:
     # a sigma far wider than the image gives nearly one displacement per image and axis,
     # on an image that is not square too.
-    wide = np.asarray(data.elastic_field(key, 8, 20, 28, 1.0, 1e4))
+    wide = np.asarray(elastic_field(key, 8, 20, 28, 1.0, 1e4))
     chex.assert_shape(wide, (8, 2, 20, 28))
     np.testing.assert_allclose(wide, wide[..., :1, :1] * np.ones_like(wide), atol=1e-4)
 
 
 def test_an_elastic_distortion_moves_strokes_a_little_and_keeps_their_ink():
     square = jnp.zeros((32, 28, 28, 1)).at[:, 9:19, 9:19].set(1.0)
-    moved = np.asarray(data.augment(jax.random.key(0), square, elastic_alpha=16.0))
+    bend = jax.jit(functools.partial(data.augment, elastic_alpha=16.0))  # as training runs it
+    moved = np.asarray(bend(jax.random.key(0), square))
     chex.assert_shape(moved, (32, 28, 28, 1))
     assert not np.allclose(moved, square)
     # The ink stretches or shrinks with the field's divergence, which averages to zero:
@@ -342,8 +345,9 @@ def test_an_elastic_distortion_moves_strokes_a_little_and_keeps_their_ink():
     # and the batch augments with it alone
     split = data.Split(images=(np.asarray(square) * 255).astype(np.uint8),
                        labels=np.zeros(32, np.int32))
-    plain = data.get_batch(split, jnp.arange(32), jax.random.key(2))["image"]
-    bent = data.get_batch(split, jnp.arange(32), jax.random.key(2), elastic_alpha=16.0)["image"]
+    plain = data.get_batch(split, jnp.arange(32))["image"]  # no key: as they are
+    bent = jax.jit(functools.partial(data.get_batch, elastic_alpha=16.0))(
+        split, jnp.arange(32), jax.random.key(2))["image"]
     assert not np.allclose(bent, plain)
 
 
@@ -388,7 +392,6 @@ def test_augment_probability_transforms_that_share_of_the_images_and_leaves_the_
 def test_the_augmentation_picture_draws_a_row_per_recipe_and_refuses_a_missing_folder(
         tmp_path, capsys):
     import importlib.util
-    from pathlib import Path
 
     from PIL import Image
 
@@ -396,12 +399,12 @@ def test_the_augmentation_picture_draws_a_row_per_recipe_and_refuses_a_missing_f
     spec = importlib.util.spec_from_file_location("augmentations", path)
     augmentations = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(augmentations)
-    digits = np.zeros((3, 28, 28, 1), np.uint8)
+    digits = np.zeros((1, 28, 28, 1), np.uint8)  # one column: a single digit draws too
     digits[:, 8:20, 12:16] = 255
     out = tmp_path / "aug.png"
     augmentations.draw(digits, out)
     width, height = Image.open(out).size
-    assert len(augmentations.rows()) == 5 and height > width / 2  # five rows of three
+    assert len(augmentations.rows()) == 5 and height > width  # five rows of one
     assert augmentations.main(["--data-dir", str(tmp_path / "absent"),
                                "--out", str(tmp_path / "no.png")]) == 2
     assert "MNIST directory not found" in capsys.readouterr().err

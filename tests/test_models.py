@@ -1,5 +1,7 @@
 """The net family and its 12,088-parameter seed member: size, shapes, train/eval behaviour."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -511,7 +513,7 @@ def test_a_hidden_head_layer_is_a_1x1_block_between_the_average_pool_and_the_log
     model = Net(arch="c4 p v6", bias=True, head_hidden=5, activation="leaky_relu",
                 dropout_rate=0.0)
     x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
-    variables = model.init(jax.random.key(1), x)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
     # c4: 9·4 + 4 + 8; v6: 9·4·6 + 6 + 12; hidden: 6·5 + 5 + 2·5; logits: 5·10 + 10
     assert count_params(variables["params"]) == 48 + 234 + 45 + 60
     head = layer_table(model, variables)[-1]
@@ -520,7 +522,7 @@ def test_a_hidden_head_layer_is_a_1x1_block_between_the_average_pool_and_the_log
     stats = {"mean": jnp.arange(5.0) / 10, "var": jnp.arange(1.0, 6.0)}
     variables = {**variables, "batch_stats": {**variables["batch_stats"],
                                               "head_hidden": {"bn": stats}}}
-    logits, layers = layer_outputs(model, variables, x)
+    logits, layers = jax.jit(functools.partial(layer_outputs, model))(variables, x)
     p = variables["params"]
     pooled = np.asarray(layers[-1]).mean(axis=(1, 2))
     hidden = pooled @ np.asarray(p["head_hidden"]["conv"]["kernel"][0, 0]) + np.asarray(

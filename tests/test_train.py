@@ -337,6 +337,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(synthetic_splits, tmp_pat
     chex.assert_trees_all_equal(a, b)  # params and BatchNorm statistics, bit for bit
 
 
+@pytest.mark.slow  # a run end to end; the quick suite keeps the average's maths (above)
 def test_a_run_with_a_weight_average_keeps_and_serves_it(synthetic_splits, tmp_path):
     config = dataclasses.replace(SHORT, epochs=1, ema_decay=0.5)
     state = train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
