@@ -51,6 +51,7 @@ def test_bench_xla_defaults_compiles_with_xla_s_own_options_and_out_names_the_fi
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # an option, in a process of its own; the quick suite runs bench already
 def test_bench_scan_times_several_steps_per_call(run_bench):
     r = run_bench("--arch", "c4 p v8", "--steps", "5", "--eval-steps", "1", "--scan", "2",
                   "--no-record")
@@ -61,7 +62,7 @@ def test_bench_scan_times_several_steps_per_call(run_bench):
     assert result["train_images_per_s"] > 0
 
 
-@pytest.mark.slow  # one more process and compile; the quick suite benches c4 p v8 twice
+@pytest.mark.slow  # one more process and compile; the quick suite benches c4 p v8 once
 def test_bench_times_any_member_of_the_family(run_bench):
     r = run_bench("--recipe", "fast", "--arch", "c4 p v8 v8", "--steps", "2", "--eval-steps",
                   "1", "--no-record")
