@@ -59,10 +59,8 @@ def draw(images: np.ndarray, path: Path, seed: int = 0) -> None:
             batch = data.get_batch(split, index)
         else:  # compiled whole, as training runs it
             batch = jax.jit(functools.partial(
-                data.get_batch, max_degrees=c.rotate_degrees, max_shift=c.shift_pixels,
-                max_scale=c.scale, brightness=c.brightness, contrast=c.contrast,
-                probability=c.augment_probability, elastic_alpha=c.elastic_alpha,
-                elastic_sigma=c.elastic_sigma))(split, index, jax.random.key(seed))
+                data.get_batch, **data.augmentation_options(c)))(
+                    split, index, jax.random.key(seed))
         batch = np.asarray(batch["image"])
         shown = batch * data.STD + data.MEAN  # back to [0, 1] pixels
         for ax, image in zip(axs, shown):

@@ -88,7 +88,7 @@ def parts(fast: bool, batch_size: int) -> dict:
         "optimizer": (jit(optimizer), (state, grads)),
         "input": (jit(lambda s, i, k: data.get_batch(s, i)), (split, index, k3)),
         "input + augment": (jit(lambda s, i, k: data.get_batch(
-            s, i, k, aug.rotate_degrees, aug.shift_pixels)), (split, index, k3)),
+            s, i, k, **data.augmentation_options(aug))), (split, index, k3)),
     }
 
 

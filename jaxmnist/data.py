@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxmnist.configs import Config
+
 MEAN, STD = 0.1307, 0.3081
 NUM_CLASSES = 10
 
@@ -352,21 +354,23 @@ def augment(key: jax.Array, images: jax.Array, max_degrees: float = 0.0,
                           indexing="ij")
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
 
-    field = jnp.zeros((n, 2, h, w))
+    fields = ()  # without the distortion, no field at all in the batch's work
     if elastic_alpha:  # its own key, as the zoom's
-        field = elastic_field(jax.random.fold_in(key, 6), n, h, w, elastic_alpha,
-                              elastic_sigma)
+        fields = (elastic_field(jax.random.fold_in(key, 6), n, h, w, elastic_alpha,
+                                elastic_sigma),)
 
-    def warp(image, a, s, z, f):
+    def warp(image, a, s, z, *field):
         # Output pixel (y, x) samples the input at the inverse zoom and rotation about
-        # the centre, moved by the elastic field there.
+        # the centre, moved by the elastic field there (if any).
         cos, sin = jnp.cos(a), jnp.sin(a)
         dy, dx = (yy - cy - s[0]) / z, (xx - cx - s[1]) / z
-        src_y = cos * dy - sin * dx + cy + f[0]
-        src_x = sin * dy + cos * dx + cx + f[1]
+        src_y = cos * dy - sin * dx + cy
+        src_x = sin * dy + cos * dx + cx
+        if field:
+            src_y, src_x = src_y + field[0][0], src_x + field[0][1]
         return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=1, cval=0.0)
 
-    return jax.vmap(warp)(images[..., 0], angle, shift, zoom, field)[..., None]
+    return jax.vmap(warp)(images[..., 0], angle, shift, zoom, *fields)[..., None]
 
 
 def elastic_field(key: jax.Array, n: int, h: int, w: int, alpha: float,
@@ -394,6 +398,15 @@ def adjust_brightness_contrast(key: jax.Array, images: jax.Array, brightness: fl
     c = jax.random.uniform(k_c, (n, 1, 1, 1), minval=-contrast, maxval=contrast)
     b = jax.random.uniform(k_b, (n, 1, 1, 1), minval=-brightness, maxval=brightness)
     return jnp.clip(images * (1.0 + c) + b, 0.0, 1.0)
+
+
+def augmentation_options(config: Config) -> dict[str, float]:
+    """`config`'s augmentation as `get_batch`'s keyword arguments (none drawn where all
+    are 0), for every caller that augments as training does."""
+    return dict(max_degrees=config.rotate_degrees, max_shift=config.shift_pixels,
+                max_scale=config.scale, brightness=config.brightness,
+                contrast=config.contrast, probability=config.augment_probability,
+                elastic_alpha=config.elastic_alpha, elastic_sigma=config.elastic_sigma)
 
 
 def get_batch(

@@ -61,11 +61,8 @@ class Trainer:
                                   out_shardings=self.sharded)
 
     def _get_batch(self, split, perm, i, key):
-        c = self.config
         key = jax.random.fold_in(key, i)
-        return data.get_batch(split, perm[i], key, c.rotate_degrees, c.shift_pixels, c.scale,
-                              c.brightness, c.contrast, c.augment_probability,
-                              c.elastic_alpha, c.elastic_sigma)
+        return data.get_batch(split, perm[i], key, **data.augmentation_options(self.config))
 
     def _train_steps(self, state, split, perm, start, key, dropout_rng, n):
         """Batches `start` … `start + n - 1` of `perm`, cut and trained on in one call

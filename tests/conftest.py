@@ -1,3 +1,5 @@
+import functools
+import importlib.util
 import logging
 import os
 import tempfile
@@ -41,6 +43,16 @@ def _command_line_log_handlers_removed():
     log = logging.getLogger("jaxmnist")
     for handler in [h for h in log.handlers if isinstance(h, LogLines)]:
         log.removeHandler(handler)
+
+
+@functools.cache
+def experiment(name: str):
+    """The script experiments/`name`.py as a module, loaded once per test process (the
+    experiments are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class CliResult(NamedTuple):

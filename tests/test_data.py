@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxmnist import data
+from tests.conftest import experiment
 
 
 def write_idx(path, array, magic):
@@ -389,16 +390,29 @@ def test_augment_probability_transforms_that_share_of_the_images_and_leaves_the_
         assert not np.any(np.all(np.isclose(every, plain, atol=1e-5), axis=(1, 2, 3)))
 
 
+def test_augmentation_options_hand_every_augmentation_field_to_get_batch():
+    import inspect
+
+    from jaxmnist.configs import Config
+
+    fields = dict(rotate_degrees=7.0, shift_pixels=2.0, scale=0.09, brightness=0.2,
+                  contrast=0.3, augment_probability=0.5, elastic_alpha=16.0, elastic_sigma=3.0)
+    options = data.augmentation_options(Config(**fields))
+    assert options == dict(max_degrees=7.0, max_shift=2.0, max_scale=0.09, brightness=0.2,
+                           contrast=0.3, probability=0.5, elastic_alpha=16.0,
+                           elastic_sigma=3.0)
+    # every augmentation argument of get_batch is one of the config's
+    assert set(options) == set(list(inspect.signature(data.get_batch).parameters)[3:])
+    for name in fields:  # and each field reaches its own argument
+        changed = data.augmentation_options(Config(**{**fields, name: 0.25}))
+        assert [k for k in options if options[k] != changed[k]] != []
+
+
 def test_the_augmentation_picture_draws_a_row_per_recipe_and_refuses_a_missing_folder(
         tmp_path, capsys):
-    import importlib.util
-
     from PIL import Image
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "augmentations.py"
-    spec = importlib.util.spec_from_file_location("augmentations", path)
-    augmentations = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(augmentations)
+    augmentations = experiment("augmentations")
     digits = np.zeros((1, 28, 28, 1), np.uint8)  # one column: a single digit draws too
     digits[:, 8:20, 12:16] = 255
     out = tmp_path / "aug.png"

@@ -1,14 +1,13 @@
 """The docs match the committed files: generated tables, links, and the front page's size."""
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from jaxmnist import configs
+from tests.conftest import experiment
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -16,11 +15,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 @pytest.fixture(scope="module")
 def summarize():
-    sys.path.insert(0, str(REPO / "experiments"))
-    spec = importlib.util.spec_from_file_location("summarize", REPO / "experiments/summarize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment("summarize")
 
 
 def test_every_generated_table_is_what_the_committed_files_give(summarize, capsys):

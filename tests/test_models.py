@@ -19,7 +19,7 @@ from jaxmnist.models import (
     layer_table,
     parse_arch,
 )
-from tests.conftest import REPO
+from tests.conftest import experiment
 
 
 def summary(model, variables):
@@ -446,14 +446,9 @@ def test_bad_shared_blocks_are_refused(arch, message):
                                         (False, "none")])
 def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm):
     torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
-    import importlib.util
-
     from jaxmnist.configs import Config
 
-    path = REPO / "experiments" / "torch_peer.py"
-    spec = importlib.util.spec_from_file_location("torch_peer", path)
-    torch_peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(torch_peer)
+    torch_peer = experiment("torch_peer")
     net = torch_peer.build(Config(arch=arch, bias=bias, norm=norm))
     _, variables, _ = shapes(Net(arch=arch, bias=bias, norm=norm))
     assert sum(p.numel() for p in net.parameters()) == count_params(variables["params"])
@@ -476,14 +471,9 @@ def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm
 @pytest.mark.parametrize("bias", [False, True])
 def test_the_pytorch_peer_without_norm_with_sigmoids_and_a_dense_head_computes_the_same(bias):
     torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
-    import importlib.util
-
     from jaxmnist.configs import Config
 
-    spec = importlib.util.spec_from_file_location("torch_peer",
-                                                  REPO / "experiments" / "torch_peer.py")
-    torch_peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(torch_peer)
+    torch_peer = experiment("torch_peer")
     config = Config(arch="c4 p v6", bias=bias, norm="none", activation="sigmoid", head="dense",
                     dropout=0.0)
     net = torch_peer.build(config).eval()
@@ -539,15 +529,10 @@ def test_a_hidden_head_layer_is_a_1x1_block_between_the_average_pool_and_the_log
 
 def test_the_pytorch_peer_builds_the_hidden_head_layer_too():
     torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
-    import importlib.util
-
     from jaxmnist.configs import Config
     from jaxmnist.steps import param_count
 
-    spec = importlib.util.spec_from_file_location("torch_peer",
-                                                  REPO / "experiments" / "torch_peer.py")
-    torch_peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(torch_peer)
+    torch_peer = experiment("torch_peer")
     config = Config(arch="c8 p v9 v9x4", bias=True, head_hidden=16, dropout=0.0)
     net = torch_peer.build(config)
     assert sum(p.numel() for p in net.parameters()) == param_count(config) == 1943
