@@ -62,6 +62,7 @@ def net_switches(config: dict) -> str:
     return ((", conv biases" if config.get("bias") else "")
             + (", BatchNorm before ReLU" if config.get("bn_before_relu") else "")
             + {"layer": ", layer norm", "none": ", no norm"}.get(config.get("norm"), "")
+            + (", BatchNorm without scale" if config.get("bn_scale") is False else "")
             + {"sigmoid": ", sigmoid", "leaky_relu": ", leaky ReLU", "prelu": ", PReLU"}.get(
                 config.get("activation"), "")
             + {"dense": ", dense head", "none": ", no head layer"}.get(config.get("head"), "")

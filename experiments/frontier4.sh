@@ -31,6 +31,11 @@
 #            2,180-parameter nets' GAP -> dense 16 -> 10), the body narrowed to pay for
 #            it: `c8 p v9 v9x4` with 16 hidden units (1,943 params) and `c6 p v10 v10x4`
 #            with 15 (1,987); two seeds each
+#  round 11: BatchNorm with its scale held at 1 (airbench's frozen scale; --no-bn-scale: one
+#            param a channel fewer): `micro` as it is (1,888 params) and with the freed
+#            parameters spent on a 9-channel first block (`c9 p v10 v10x4`, 1,989); `nano`
+#            with them spent on an 8-channel first block (`c8 p dc10 dc10x2 p dc10x3`, 672);
+#            `tiny` as it is (3,574); two seeds each
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -172,8 +177,23 @@ case "$ROUND" in
     run micro-10 c6-h15 --recipe micro --arch "c6 p v10 v10x4" --head-hidden 15
     run micro-10 c6-h15-seed1 --recipe micro --arch "c6 p v10 v10x4" --head-hidden 15 --seed 1
   } ;;
+11)
+  # BatchNorm without its scale, and the parameters it frees spent on width
+  queue_a() {
+    run micro-11 noscale --recipe micro --no-bn-scale
+    run micro-11 noscale-seed1 --recipe micro --no-bn-scale --seed 1
+    run nano-11 c8-noscale --recipe nano --arch "c8 p dc10 dc10x2 p dc10x3" --no-bn-scale
+    run tiny-17 noscale --recipe tiny --no-bn-scale
+  }
+  queue_b() {
+    run micro-11 c9-noscale --recipe micro --arch "c9 p v10 v10x4" --no-bn-scale
+    run micro-11 c9-noscale-seed1 --recipe micro --arch "c9 p v10 v10x4" --no-bn-scale --seed 1
+    run nano-11 c8-noscale-seed1 --recipe nano --arch "c8 p dc10 dc10x2 p dc10x3" \
+      --no-bn-scale --seed 1
+    run tiny-17 noscale-seed1 --recipe tiny --no-bn-scale --seed 1
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 10)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 11)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &

@@ -73,9 +73,11 @@ def build(config) -> nn.Sequential:
 
 def block(conv: list, features: int, config, dropout: float) -> list:
     """One application of a block: `conv`, then the norm and activation in `config`'s
-    order, then dropout."""
+    order, then dropout. With `bn_scale` false, BatchNorm's weight stays 1 (no grad)."""
     norm = {"layer": [nn.GroupNorm(1, features, eps=1e-5, affine=False)],
             "none": [], "batch": [nn.BatchNorm2d(features)]}[config.norm]
+    if config.norm == "batch" and not config.bn_scale:
+        norm[0].weight.requires_grad_(False)
     act = [{"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU,
             "leaky_relu": nn.LeakyReLU}[config.activation]()]
     return (conv + (norm + act if config.bn_before_relu else act + norm)
@@ -108,7 +110,8 @@ def main():
     config = configs.RECIPES[args.recipe]()
     args.batch_size = args.batch_size or config.batch_size
     model = build(config)
-    params, expected = sum(p.numel() for p in model.parameters()), param_count(config)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    expected = param_count(config)
     if params != expected:
         raise SystemExit(f"torch_peer: {params} params, jaxmnist's net has {expected}")
     opt = torch.optim.SGD(model.parameters(), lr=0.04, momentum=0.9)

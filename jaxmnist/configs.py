@@ -44,6 +44,9 @@ class Config:
     # activations standardised over height, width and channels, no params (PyTorch's
     # GroupNorm(1, C, affine=False)); "none": no norm at all
     norm: Literal["batch", "layer", "none"] = "batch"
+    # False: every BatchNorm's scale held at 1, only its offset learned (1 param a channel;
+    # airbench freezes it)
+    bn_scale: bool = True
     # every block's nonlinearity: PyTorch's LeakyReLU (slope 0.01), PReLU (one learned
     # slope a block, from 0.25)
     activation: Literal["relu", "sigmoid", "leaky_relu", "prelu"] = "relu"
@@ -110,6 +113,8 @@ class Config:
         _check("head_hidden", self.head_hidden, lambda v: v >= 0, "must be >= 0")
         if self.head_hidden and self.head != "gap":
             raise ConfigError("head_hidden", f"needs head 'gap', got {self.head!r}")
+        if self.bn_scale is False and self.norm != "batch":
+            raise ConfigError("bn_scale", f"false needs norm 'batch', got {self.norm!r}")
         _check("lr", self.lr, lambda v: math.isfinite(v) and v > 0,
                "must be a finite number > 0")
         for name in ("momentum", "beta2", "dropout", "warmup_fraction", "label_smoothing",

@@ -157,7 +157,8 @@ def channel_sum(x: jax.Array) -> jax.Array:
 class BatchNorm(nn.Module):
     """Drop-in for `nn.BatchNorm` over every axis but the last, same maths and variables.
 
-    Params `scale` and `bias`, batch_stats `mean` and `var`; in training the batch's
+    Params `scale` (none with `use_scale=False`: the scale is 1, as airbench freezes it)
+    and `bias`, batch_stats `mean` and `var`; in training the batch's
     mean and biased variance E[x²] − E[x]² (clipped at 0, as Flax's), and running
     statistics updated as `momentum * old + (1 - momentum) * batch`, except while
     initialising. The sums go through `channel_sum`.
@@ -166,6 +167,7 @@ class BatchNorm(nn.Module):
     use_running_average: bool | None = None
     momentum: float = 0.99
     epsilon: float = 1e-5
+    use_scale: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -174,7 +176,8 @@ class BatchNorm(nn.Module):
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(c, jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(c, jnp.float32))
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        scale = (self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+                 if self.use_scale else 1.0)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value

@@ -37,8 +37,8 @@ from jaxmnist.train import Stopped, TrainingDiverged, train_and_evaluate
 LIMITS = {"params": 200_000, "madds": 30_000_000, "activations": 150_000, "epochs": 20,
           "batch_size": 512, "arch_chars": 200}
 # The Config fields a request's "options" may set beside the net.
-OPTIONS = ("bias", "norm", "activation", "head", "head_hidden", "bn_before_relu", "dropout",
-           "dropout_at", "lr", "schedule", "momentum", "batch_size", "rotate_degrees",
+OPTIONS = ("bias", "norm", "bn_scale", "activation", "head", "head_hidden", "bn_before_relu",
+           "dropout", "dropout_at", "lr", "schedule", "momentum", "batch_size", "rotate_degrees",
            "shift_pixels", "seed")
 RECIPES = ("default", "fast", "tiny", "micro", "nano", "seed")  # those a job may start from
 INSIDE_CACHE = 4  # compiled runs kept for /api/activations

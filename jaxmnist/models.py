@@ -32,6 +32,8 @@ conv -> BatchNorm -> ReLU (-> Dropout), the more common order, with the same par
 image's activations standardised over height, width and channels together (PyTorch's
 `GroupNorm(1, C, affine=False)`; -2N params a block, the same in training and eval);
 `norm="none"` leaves the blocks without a norm (-2N params a block).
+`bn_scale=False` holds every BatchNorm's scale at 1 and learns only its offset (-N
+params a block application), as airbench freezes it.
 `activation="sigmoid"` puts Part A's sigmoid where every block's ReLU is.
 `head="dense"` replaces the global average pool by a flatten and a dense layer to the
 10 logits (H·W·C·10 params, + 10 with `bias`; PyTorch's `Flatten` + `Linear`, in that
@@ -195,7 +197,8 @@ class ConvBlock(nn.Module):
     per block, from 0.25: PyTorch's PReLU()). `repeats` > 1: the block applied that
     many times with the same conv, each time with its own norm (bn1, bn2, ... or ln1,
     ln2, ...), PReLU slope and dropout. `kernel_size=1`: a 1x1 conv in the 3x3's place
-    (a plain block only: the head's hidden layer)."""
+    (a plain block only: the head's hidden layer). `bn_scale=False`: BatchNorm learns
+    its offset only, its scale held at 1."""
 
     features: int
     padding: str | int
@@ -209,6 +212,7 @@ class ConvBlock(nn.Module):
     activation: str = "relu"
     factorised: bool = False
     kernel_size: int = 3
+    bn_scale: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -263,7 +267,7 @@ class ConvBlock(nn.Module):
                 # PyTorch's BatchNorm2d defaults: running stats move 10 % per step, eps 1e-5.
                 norm = (kernels.BatchNorm if self.fast else nn.BatchNorm)(
                     use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                    name=f"bn{suffix}")
+                    use_scale=self.bn_scale, name=f"bn{suffix}")
             x = act(norm(x)) if self.bn_before_relu else norm(act(x))
             x = _dropout(x, self.dropout_rate, self.fast, train, f"dropout{suffix}")
         return x
@@ -290,8 +294,8 @@ class Net(nn.Module):
     """Fully convolutional MNIST classifier: (N, 28, 28, 1) images -> (N, 10) logits.
 
     `arch` is the layer string (module docstring; default: the seed net); `bias`,
-    `dropout_at`, `bn_before_relu`, `norm`, `activation`, `head` and `head_hidden` are
-    the switches described there.
+    `dropout_at`, `bn_before_relu`, `norm`, `bn_scale`, `activation`, `head` and
+    `head_hidden` are the switches described there.
     `fast=True` uses the layers of `jaxmnist.kernels` (same maths, faster on CPU);
     `fast=False` uses plain `nn.BatchNorm`, `nn.max_pool`, `nn.Dropout` and a grouped
     `nn.Conv` for the depthwise convs. Both have the same variables; they give the same
@@ -308,6 +312,7 @@ class Net(nn.Module):
     activation: str = "relu"
     head: str = "gap"
     head_hidden: int = 0
+    bn_scale: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -318,6 +323,8 @@ class Net(nn.Module):
                                  f"{getattr(self, name)!r}")
         if self.head_hidden and self.head != "gap":
             raise ValueError(f"head_hidden needs head 'gap', got {self.head!r}")
+        if not self.bn_scale and self.norm != "batch":
+            raise ValueError(f"bn_scale=False needs norm 'batch', got {self.norm!r}")
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
         for index, (kind, name, features, repeats) in enumerate(parse_arch(self.arch), 1):
@@ -326,7 +333,7 @@ class Net(nn.Module):
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"), repeats,
                               self.norm, self.activation, kind.startswith("factorised"),
-                              name=name)(x, train)
+                              bn_scale=self.bn_scale, name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)
@@ -354,7 +361,7 @@ class Net(nn.Module):
                 x = ConvBlock(self.head_hidden, "VALID", block_rate, self.fast, self.bias,
                               self.bn_before_relu, norm=self.norm,
                               activation=self.activation, kernel_size=1,
-                              name="head_hidden")(x, train)
+                              bn_scale=self.bn_scale, name="head_hidden")(x, train)
             x = self._conv1x1(x, 10, "head")
         return x.reshape(x.shape[0], 10)
 

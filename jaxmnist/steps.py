@@ -68,7 +68,7 @@ def make_model(config: configs.Config) -> Net:
                bias=config.bias, dropout_at=config.dropout_at,
                bn_before_relu=config.bn_before_relu, norm=config.norm,
                activation=config.activation, head=config.head,
-               head_hidden=config.head_hidden)
+               head_hidden=config.head_hidden, bn_scale=config.bn_scale)
 
 
 def variable_shapes(config: configs.Config) -> dict:

@@ -104,11 +104,12 @@ def test_channel_sum_matches_sum_over_leading_axes(shape):
     chex.assert_trees_all_close(got, jnp.sum(x, axis=(0, 1, 2)), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(16, 28, 28, 16), (5, 3, 7, 4)])
-def test_batch_norm_matches_nn_batch_norm(shape):
+@pytest.mark.parametrize("shape, use_scale", [((16, 28, 28, 16), True), ((5, 3, 7, 4), True),
+                                              ((5, 3, 7, 4), False)])
+def test_batch_norm_matches_nn_batch_norm(shape, use_scale):
     x = 2.0 * jax.random.normal(jax.random.key(0), shape) + 0.5
-    ours = kernels.BatchNorm(momentum=0.9, epsilon=1e-5)
-    ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+    ours = kernels.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=use_scale)
+    ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=use_scale)
     variables = ref.init(jax.random.key(1), x, use_running_average=False)
     chex.assert_trees_all_equal_structs(
         variables, ours.init(jax.random.key(1), x, use_running_average=False))
@@ -135,9 +136,11 @@ def test_batch_norm_matches_nn_batch_norm(shape):
         chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=1e-5)
         chex.assert_trees_all_close(new, new_ref, atol=1e-5, rtol=1e-5)
         chex.assert_trees_all_close(g, g_ref, atol=1e-4, rtol=1e-4)
+    assert ("scale" in variables["params"]) == use_scale  # without it: the offset only
     # In training the output is normalised with the batch's own statistics.
-    y, _ = ours.apply({**variables, "params": {"scale": jnp.ones(shape[-1]),
-                                               "bias": jnp.zeros(shape[-1])}},
+    params = {"bias": jnp.zeros(shape[-1])} | (
+        {"scale": jnp.ones(shape[-1])} if use_scale else {})
+    y, _ = ours.apply({**variables, "params": params},
                       x, use_running_average=False, mutable=["batch_stats"])
     np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)

@@ -279,6 +279,32 @@ def test_bn_before_relu_swaps_batchnorm_and_relu_with_the_same_parameters(fast):
             == count_params(shapes(Net(arch=arch))[1]["params"]))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_batchnorm_without_scale_learns_only_its_offset(fast):
+    import dataclasses
+
+    from jaxmnist.configs import micro
+    from jaxmnist.models import ConvBlock
+
+    # micro's 58 BatchNorm channels (8, 10, and 4 x 10 in the shared block) lose a
+    # scale each: 1,946 - 58.
+    assert steps.param_count(dataclasses.replace(micro(), bn_scale=False)) == 1946 - 58
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    block = ConvBlock(4, 1, 0.0, fast, bn_scale=False)
+    variables = block.init(jax.random.key(1), x, train=False)
+    assert set(variables["params"]["bn"]) == {"bias"}
+    variables = {"params": {**variables["params"], "bn": {"bias": jnp.full(4, -0.3)}},
+                 "batch_stats": {"bn": {"mean": jnp.full(4, 0.2), "var": jnp.full(4, 4.0)}}}
+    conv = jax.lax.conv_general_dilated(x, variables["params"]["conv"]["kernel"], (1, 1),
+                                        [(1, 1), (1, 1)],
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    chex.assert_trees_all_close(block.apply(variables, x, train=False),
+                                (jax.nn.relu(conv) - 0.2) / np.sqrt(4.0 + 1e-5) - 0.3,
+                                atol=1e-5)
+    with pytest.raises(ValueError, match="bn_scale=False needs norm 'batch', got 'layer'"):
+        Net(arch="c4", norm="layer", bn_scale=False).init(jax.random.key(0), x)
+
+
 def test_dropout_at_must_be_blocks_or_pools():
     with pytest.raises(ValueError, match="dropout_at must be one of"):
         init(Net(arch="c4", dropout_at="convs"))
@@ -525,6 +551,20 @@ def test_a_hidden_head_layer_is_a_1x1_block_between_the_average_pool_and_the_log
     np.testing.assert_allclose(logits, expected, atol=1e-5)
     with pytest.raises(ValueError, match="head_hidden needs head 'gap', got 'dense'"):
         Net(arch="c4", head="dense", head_hidden=4).init(jax.random.key(0), x)
+
+
+def test_the_pytorch_peer_holds_batchnorm_s_scale_at_one_without_bn_scale():
+    pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
+    from jaxmnist.configs import Config
+    from jaxmnist.steps import param_count
+
+    config = Config(arch="c8 p v10 v10x4", bias=True, bn_scale=False, head_hidden=6)
+    net = experiment("torch_peer").build(config)
+    frozen = [p for p in net.parameters() if not p.requires_grad]
+    assert sum(p.numel() for p in frozen) == 8 + 10 + 4 * 10 + 6  # each BatchNorm's scale
+    assert all(bool((p == 1).all()) for p in frozen)
+    assert (sum(p.numel() for p in net.parameters() if p.requires_grad)
+            == param_count(config))
 
 
 def test_the_pytorch_peer_builds_the_hidden_head_layer_too():

@@ -387,6 +387,8 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(scale=-0.1), "scale must be in [0, 1), got -0.1"),
     (dict(bias=1), "bias must be true or false, got 1"),
     (dict(bn_before_relu="yes"), "bn_before_relu must be true or false, got 'yes'"),
+    (dict(bn_scale=False, norm="layer"), "bn_scale false needs norm 'batch', got 'layer'"),
+    (dict(bn_scale="no"), "bn_scale must be true or false, got 'no'"),
     (dict(augment_probability=0.0), "augment_probability must be in (0, 1], got 0.0"),
     (dict(ema_decay=1.0), "ema_decay must be in [0, 1), got 1.0"),
     (dict(weight_decay=-0.1), "weight_decay must be in [0, 1), got -0.1"),
