@@ -36,6 +36,11 @@
 #            parameters spent on a 9-channel first block (`c9 p v10 v10x4`, 1,989); `nano`
 #            with them spent on an 8-channel first block (`c8 p dc10 dc10x2 p dc10x3`, 672);
 #            `tiny` as it is (3,574); two seeds each
+#  round 12: strided convs (scN: a 3x3 conv at stride 2) in place of a pool: `micro` with
+#            its first conv strided (`sc8 v10 v10x4`: no 28x28 layer) or with the pool and
+#            the conv after it made one strided conv (`c8 sc10 v10x4`), both 1,946 params;
+#            `fast` with a strided conv in place of its space-to-depth and the conv after
+#            it (`c8 sc16 c16 v16 v16 v16 v16`, 13,226 params); two seeds each
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -192,8 +197,20 @@ case "$ROUND" in
       --no-bn-scale --seed 1
     run tiny-17 noscale-seed1 --recipe tiny --no-bn-scale --seed 1
   } ;;
+12)
+  # strided convs in place of pools
+  queue_a() {
+    run micro-12 sc8 --recipe micro --arch "sc8 v10 v10x4"
+    run micro-12 sc8-seed1 --recipe micro --arch "sc8 v10 v10x4" --seed 1
+    run fast-15 sc16 --recipe fast --arch "c8 sc16 c16 v16 v16 v16 v16"
+  }
+  queue_b() {
+    run micro-12 sc10 --recipe micro --arch "c8 sc10 v10x4"
+    run micro-12 sc10-seed1 --recipe micro --arch "c8 sc10 v10x4" --seed 1
+    run fast-15 sc16-seed1 --recipe fast --arch "c8 sc16 c16 v16 v16 v16 v16" --seed 1
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 11)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 12)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &

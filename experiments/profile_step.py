@@ -43,7 +43,7 @@ import optax
 
 from jaxmnist import configs, data, kernels, parallel
 from jaxmnist.bench import synthetic_batch
-from jaxmnist.models import SEED_ARCH, Net, parse_arch
+from jaxmnist.models import SEED_ARCH, Net, parse_arch, strided_size
 from jaxmnist.steps import create_train_state, train_step
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +100,7 @@ def layer_inputs(arch: str) -> list[tuple[str, str, int, tuple[int, int, int]]]:
         h, w, c = shape
         shrink = 2 * repeats
         shape = {"conv": (h, w, features), "valid": (h - shrink, w - shrink, features),
+                 "strided_conv": (strided_size(h), strided_size(w), features),
                  "pool": (h // 2, w // 2, c), "space_to_depth": (h // 2, w // 2, 4 * c),
                  "transition": (h, w, features)}[
                      kind.removeprefix("separable_").removeprefix("factorised_")]

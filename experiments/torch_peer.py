@@ -37,8 +37,9 @@ def build(config) -> nn.Sequential:
                                   bias=config.bias),
                         nn.Conv2d(features, features, (1, 3), padding=(0, padding),
                                   bias=config.bias)]
-            else:
-                conv = [nn.Conv2d(channels, features, 3, padding=padding, bias=config.bias)]
+            else:  # a strided conv (scN) moves 2 pixels a step
+                conv = [nn.Conv2d(channels, features, 3, stride=2 if kind == "strided_conv"
+                                  else 1, padding=padding, bias=config.bias)]
             # A shared block: the same conv modules again (parameters() counts them once),
             # a norm of its own each time.
             for _ in range(repeats):

@@ -12,12 +12,14 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 | `fcN` | the `cN` block with a factorised conv: a 3x1 conv ->N,    | 3·in·N + 3·N·N + 2N |
 |       | then a 1x3 conv ->N, with no nonlinearity between         |                     |
 | `fvN` | the same, valid (the image shrinks by 2)                  | 3·in·N + 3·N·N + 2N |
+| `scN` | the `cN` block with a strided conv: stride 2, so the map  | 9·in·N + 2N         |
+|       | halves (28x28 -> 14x14, 7x7 -> 4x4) in a pool's place     |                     |
 | `p`   | max-pool 2x2, stride 2                                    | 0                   |
 | `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
 | `s`   | space-to-depth 2x2: HxWxC -> H/2xW/2x4C (`PixelUnshuffle(2)`) | 0                   |
 
-A block token with `xK` (`c16x3`, `dc26x3`, `fv10x4`) is that block applied K times in a
-row with one set of conv weights, counted once, each application with its own
+A block token but `scN` with `xK` (`c16x3`, `dc26x3`, `fv10x4`) is that block applied K
+times in a row with one set of conv weights, counted once, each application with its own
 norm (BatchNorm: +2N params each) and dropout; its input must have N channels already.
 
 then always the head: global average pool, conv 1x1 ->10 (no bias). Blocks are named
@@ -96,16 +98,17 @@ def out_channels(arch: str) -> int:
 
 
 _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
-# the block kinds (ConvBlock); those ending in "valid" shrink the image by 2
+# the block kinds (ConvBlock); those ending in "valid" shrink the image by 2, the strided
+# conv halves it (rounding up)
 BLOCK_KINDS = ("conv", "valid", "separable_conv", "separable_valid", "factorised_conv",
-               "factorised_valid")
+               "factorised_valid", "strided_conv")
 
 
 class Layer(NamedTuple):
     """One layer of an `arch` string, as `parse_arch` reads it."""
 
     # conv, valid, separable_conv, separable_valid, factorised_conv, factorised_valid,
-    # pool, transition, space_to_depth
+    # strided_conv, pool, transition, space_to_depth
     kind: str
     name: str  # the module's name for it: block1, ..., transition, ..., pool
     features: int  # output channels (0 for pool and space_to_depth)
@@ -122,13 +125,14 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
     if not tokens:
         raise ArchError("empty architecture")
     for token in tokens:
-        prefix = token[:2] if token[:2] in ("dc", "dv", "fc", "fv") else token[:1]
+        prefix = token[:2] if token[:2] in ("dc", "dv", "fc", "fv", "sc") else token[:1]
         kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition",
                 "s": "space_to_depth", "dc": "separable_conv", "dv": "separable_valid",
-                "fc": "factorised_conv", "fv": "factorised_valid"}.get(prefix)
+                "fc": "factorised_conv", "fv": "factorised_valid",
+                "sc": "strided_conv"}.get(prefix)
         if kind is None or (kind in _NO_FEATURES and len(token) > 1):
             raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, fcN, fvN, "
-                            "tN, p or s; a block may end in xK)")
+                            "scN, tN, p or s; a block but scN may end in xK)")
         features, repeats = 0, 1
         if kind not in _NO_FEATURES:
             count, _, times = token[len(prefix):].partition("x")
@@ -137,7 +141,7 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
                                 f"{prefix!r}")
             features = int(count)
             if "x" in token[len(prefix):]:
-                if kind not in BLOCK_KINDS:
+                if kind not in BLOCK_KINDS or kind == "strided_conv":
                     raise ArchError(f"{token!r}: only a block (cN, vN, dcN, dvN, fcN, fvN) "
                                     "can repeat")
                 if not times.isdigit() or int(times) < 2:
@@ -164,9 +168,16 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
             raise ArchError(f"{where} pools a {size}x{size} map (a 2x2 pool needs 2x2 or more)")
         size = size - 2 * repeats if kind.endswith("valid") else size
         size = size // 2 if kind in _NO_FEATURES else size
+        size = strided_size(size) if kind == "strided_conv" else size
         channels = {"pool": channels, "space_to_depth": 4 * channels}.get(kind, features)
         layers.append(Layer(kind, name, features, repeats))
     return layers
+
+
+def strided_size(size: int) -> int:
+    """The side of a 3x3 conv's output at stride 2 with padding 1 (PyTorch's and Flax's):
+    ⌊(size + 2 - 3) / 2⌋ + 1, the input's half rounded up."""
+    return (size - 1) // 2 + 1
 
 
 DROPOUT_AT = ("blocks", "pools")
@@ -198,7 +209,8 @@ class ConvBlock(nn.Module):
     many times with the same conv, each time with its own norm (bn1, bn2, ... or ln1,
     ln2, ...), PReLU slope and dropout. `kernel_size=1`: a 1x1 conv in the 3x3's place
     (a plain block only: the head's hidden layer). `bn_scale=False`: BatchNorm learns
-    its offset only, its scale held at 1."""
+    its offset only, its scale held at 1. `strides=2`: the conv moves 2 pixels a step (a
+    plain block only)."""
 
     features: int
     padding: str | int
@@ -213,6 +225,7 @@ class ConvBlock(nn.Module):
     factorised: bool = False
     kernel_size: int = 3
     bn_scale: bool = True
+    strides: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -246,8 +259,8 @@ class ConvBlock(nn.Module):
         else:
             size = self.kernel_size
             conv = nn.Conv(
-                self.features, (size, size), padding=self.padding, use_bias=self.bias,
-                kernel_init=torch_conv_init,
+                self.features, (size, size), self.strides, padding=self.padding,
+                use_bias=self.bias, kernel_init=torch_conv_init,
                 bias_init=torch_conv_bias_init(size * size * channels), name="conv")
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
@@ -333,7 +346,8 @@ class Net(nn.Module):
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"), repeats,
                               self.norm, self.activation, kind.startswith("factorised"),
-                              bn_scale=self.bn_scale, name=name)(x, train)
+                              bn_scale=self.bn_scale, strides=2 if kind == "strided_conv" else 1,
+                              name=name)(x, train)
             elif kind == "pool":
                 if self.fast and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
                     x = kernels.max_pool_2x2(x)
@@ -414,9 +428,10 @@ def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
     The receptive field is the arithmetic of strides, read from `parse_arch`'s layers.
     A unit of a layer sees `field` input pixels a side, and units one apart see windows
     `jump` pixels apart. A k x k conv adds (k - 1) of the jumps of its input, once per
-    application; a 2x2 pool or space-to-depth adds one jump and doubles it; a 1x1 conv
-    changes neither. `start` is the input row at the centre of the first unit's window
-    (a valid conv moves it one jump in, a pool half a jump). The head's average pool
+    application; a 2x2 pool or space-to-depth adds one jump and doubles it; a strided
+    3x3 conv adds 2 jumps, then doubles the jump; a 1x1 conv changes neither. `start`
+    is the input row at the centre of the first unit's window (a valid conv moves it
+    one jump in, a pool half a jump). The head's average pool
     sees every unit of the last layer, so its field runs from the first unit's window
     to the last's; `sees` says which input rows a layer's units cover together, the
     whole image when (0, size - 1)."""
@@ -443,7 +458,11 @@ def layer_table(model: Net, variables=None, size: int = 28) -> list[Row]:
             for _ in range(repeats):
                 start += jump if valid else 0  # a valid conv's first unit is one in
                 field += 2 * jump  # a 3x3 conv (or 3x1 then 1x3): (3 - 1) jumps more
-                if kind.startswith("factorised"):  # the 3x1 conv's rows, then the 1x3's
+                if kind == "strided_conv":  # then its units are two input units apart
+                    jump *= 2
+                    size = strided_size(size)
+                    madds += size * size * per_pixel
+                elif kind.startswith("factorised"):  # the 3x1 conv's rows, then the 1x3's
                     madds += (size - (2 if valid else 0)) * size * 3 * channels * features
                     size -= 2 if valid else 0
                     madds += size * size * 3 * features * features

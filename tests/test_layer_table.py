@@ -9,9 +9,9 @@ import pytest
 from jaxmnist import configs, steps
 from jaxmnist.models import SEED_ARCH, Net, layer_outputs, layer_table, totals
 
-# The seed net and strings that use each token kind (c v dc dv p t s, xK) in the quick
+# The seed net and strings that use each token kind (c v dc dv sc p t s, xK) in the quick
 # suite; every other recipe's net among the slow tests (one to seven seconds each).
-ARCHS = [SEED_ARCH, "c4 v4 dc4 dv4 p t4 s t4 c4x2 v4x2", "v4 dc4x2 dv4x2 p c4"] + [
+ARCHS = [SEED_ARCH, "c4 v4 dc4 dv4 p t4 s t4 c4x2 v4x2", "v4 dc4x2 dv4x2 p c4 sc4 sc4"] + [
     pytest.param(arch, marks=pytest.mark.slow) for arch in
     sorted({recipe().arch for recipe in configs.RECIPES.values()} - {SEED_ARCH})]
 
@@ -103,6 +103,16 @@ def test_the_seed_net_s_table_by_hand():
     assert totals(rows) == (12_088, sum(by_hand))
     # The last conv sees 24x24; the average pool, all of its 6x6 units: the whole image.
     assert rows[-1].sees == (0, 27) and rows[-1].field == 24 + 5 * 2
+
+
+def test_a_strided_conv_halves_the_map_and_doubles_the_jump():
+    rows = layer_table(Net(arch="c4 sc6 p sc8"))
+    # 28 -> 14 (stride 2) -> 7 (pool) -> 4 (stride 2, the half rounded up)
+    assert [r.output for r in rows[:-1]] == [(28, 28, 4), (14, 14, 6), (7, 7, 6), (4, 4, 8)]
+    assert [(r.field, r.jump) for r in rows[:-1]] == [(3, 1), (5, 2), (7, 4), (15, 8)]
+    assert [r.madds for r in rows[:-1]] == [28 * 28 * 9 * 4, 14 * 14 * 9 * 4 * 6, 0,
+                                            4 * 4 * 9 * 6 * 8]
+    assert [r.params for r in rows[:-1]] == [9 * 4 + 8, 9 * 4 * 6 + 12, 0, 9 * 6 * 8 + 16]
 
 
 def test_a_shared_block_counts_its_params_once_and_its_work_each_time():

@@ -305,6 +305,24 @@ def test_batchnorm_without_scale_learns_only_its_offset(fast):
         Net(arch="c4", norm="layer", bn_scale=False).init(jax.random.key(0), x)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_strided_block_is_the_plain_block_at_every_other_pixel(fast):
+    from jaxmnist.models import ConvBlock
+
+    # On a 7x7 map, stride 2 and padding 1 give the plain conv's rows and columns 0, 2,
+    # 4, 6; in eval mode the ReLU and BatchNorm act pixel by pixel, so the whole block
+    # is the plain block's output at those pixels.
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+    strided, plain = ConvBlock(4, 1, 0.0, fast, strides=2), ConvBlock(4, 1, 0.0, fast)
+    variables = strided.init(jax.random.key(1), x, train=False)
+    variables = {**variables, "batch_stats": {"bn": {"mean": jnp.full(4, 0.2),
+                                                     "var": jnp.full(4, 4.0)}}}
+    out = jax.jit(lambda v: strided.apply(v, x, train=False))(variables)
+    chex.assert_shape(out, (2, 4, 4, 4))
+    chex.assert_trees_all_close(out, plain.apply(variables, x, train=False)[:, ::2, ::2],
+                                atol=1e-5)
+
+
 def test_dropout_at_must_be_blocks_or_pools():
     with pytest.raises(ValueError, match="dropout_at must be one of"):
         init(Net(arch="c4", dropout_at="convs"))
@@ -459,6 +477,7 @@ def test_a_shared_block_is_the_unshared_blocks_with_equal_convs(fast):
     ("c8 c16x3", "a shared block needs 16 channels in, got 8"),
     ("c8x1", "a count of 2 or more after 'x'"), ("c8 c8x", "a count of 2 or more"),
     ("c8 c8xx2", "a count of 2 or more"), ("c8 t8x2", "only a block"),
+    ("c8 sc8x2", "only a block"),
     ("v8 v8x20", r"'v8x20' \(layer 2\) shrinks the 26x26 map it gets below 1x1"),
     ("cx2", "positive number of channels"),
 ])
@@ -467,7 +486,7 @@ def test_bad_shared_blocks_are_refused(arch, message):
         parse_arch(arch)
 
 
-@pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2", SEED_ARCH, "fc6 p fv8 fv8x2"])
+@pytest.mark.parametrize("arch", ["c8 c8x3 v8x2 dc8x2 sc8", SEED_ARCH, "fc6 p fv8 fv8x2"])
 @pytest.mark.parametrize("bias, norm", [(False, "batch"), (True, "batch"), (True, "layer"),
                                         (False, "none")])
 def test_the_pytorch_peer_builds_the_same_net_shared_blocks_too(arch, bias, norm):
