@@ -236,7 +236,7 @@ def tiny() -> Config:
     three seeds each (tiny-11/, tiny-12/; the ReLU version is superseded); kept against
     factorised convs and no head layer (tiny-13/, tiny-14/); 60 epochs beat 20 (tiny-15/;
     the 20-epoch version is superseded); kept against an elastic distortion (tiny-16/:
-    the same mean); docs/selection-small.md."""
+    the same mean); docs/selection-small.md, docs/selection-tiny.md."""
     return dataclasses.replace(
         default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
         brightness=0.2, contrast=0.2, activation="leaky_relu", epochs=60)
