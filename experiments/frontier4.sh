@@ -41,6 +41,10 @@
 #            the conv after it made one strided conv (`c8 sc10 v10x4`), both 1,946 params;
 #            `fast` with a strided conv in place of its space-to-depth and the conv after
 #            it (`c8 sc16 c16 v16 v16 v16 v16`, 13,226 params); two seeds each
+#  round 13: progressive resizing (--small-epochs K --small-size S: the first K epochs on
+#            the images resized to SxS) for `fast`: its 4 epochs with the first 2 at 20x20,
+#            and 5 epochs with the first 3 at 20x20 (about the work of 3.5 epochs at
+#            28x28); two seeds each
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -209,8 +213,19 @@ case "$ROUND" in
     run micro-12 sc10-seed1 --recipe micro --arch "c8 sc10 v10x4" --seed 1
     run fast-15 sc16-seed1 --recipe fast --arch "c8 sc16 c16 v16 v16 v16 v16" --seed 1
   } ;;
+13)
+  # progressive resizing
+  queue_a() {
+    run fast-16 s20e2 --recipe fast --small-epochs 2 --small-size 20
+    run fast-16 s20e2-seed1 --recipe fast --small-epochs 2 --small-size 20 --seed 1
+  }
+  queue_b() {
+    run fast-16 e5-s20e3 --recipe fast --epochs 5 --small-epochs 3 --small-size 20
+    run fast-16 e5-s20e3-seed1 --recipe fast --epochs 5 --small-epochs 3 --small-size 20 \
+      --seed 1
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 12)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 13)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &

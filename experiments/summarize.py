@@ -151,7 +151,9 @@ def _optimizer(c: dict) -> str:
 # (name, words) in the order a reader wants them; each takes a config dict.
 ASPECTS = [
     ("net", lambda c: f"`{c['arch']}`" + net_switches(c)),
-    ("epochs", lambda c: f"{c['epochs']} epochs"),
+    ("epochs", lambda c: f"{c['epochs']} epochs" + (
+        f" (the first {c['small_epochs']} at {c['small_size']}×{c['small_size']})"
+        if c.get("small_epochs") else "")),
     ("schedule", _schedule),
     ("optimizer", _optimizer),
     ("batch", lambda c: f"batch {c['batch_size']}"),

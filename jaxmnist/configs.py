@@ -83,6 +83,11 @@ class Config:
     # pixels (jaxmnist.data.elastic_field); 0: none
     elastic_alpha: float = 0.0
     elastic_sigma: float = 4.0
+    # progressive resizing: the first `small_epochs` epochs train on the images resized to
+    # `small_size` x `small_size` (bilinear; the net is fully convolutional), the rest at
+    # 28x28; evaluation is always at 28x28. 0: every epoch at 28x28
+    small_epochs: int = 0
+    small_size: int = 20
     # augmentation: the chance an image gets the geometric transform, and independently
     # the brightness/contrast one (Albumentations' p)
     augment_probability: float = 1.0
@@ -111,6 +116,16 @@ class Config:
         _check("max_steps", self.max_steps, lambda v: v >= 0,
                "must be >= 0")
         _check("head_hidden", self.head_hidden, lambda v: v >= 0, "must be >= 0")
+        _check("small_epochs", self.small_epochs, lambda v: 0 <= v < self.epochs,
+               f"must be in [0, epochs) (the last epoch trains at 28x28; epochs is "
+               f"{self.epochs})")
+        _check("small_size", self.small_size, lambda v: 1 <= v < 28, "must be in [1, 28)")
+        if self.small_epochs:
+            try:
+                parse_arch(self.arch, self.small_size)
+            except ArchError as e:
+                raise ConfigError("small_size", f"{self.small_size}: at "
+                                  f"{self.small_size}x{self.small_size}, {e}") from None
         if self.head_hidden and self.head != "gap":
             raise ConfigError("head_hidden", f"needs head 'gap', got {self.head!r}")
         if self.bn_scale is False and self.norm != "batch":

@@ -413,12 +413,13 @@ def get_batch(
     split: Split, index: jax.Array, key: jax.Array | None = None,
     max_degrees: float = 0.0, max_shift: float = 0.0, max_scale: float = 0.0,
     brightness: float = 0.0, contrast: float = 0.0, probability: float = 1.0,
-    elastic_alpha: float = 0.0, elastic_sigma: float = 4.0,
+    elastic_alpha: float = 0.0, elastic_sigma: float = 4.0, size: int | None = None,
 ) -> dict[str, jax.Array]:
     """Gathers the images at `index`, augments them (if asked: `augment`, then
     `adjust_brightness_contrast`, each applied to an image with `probability`, drawn
-    per image and per transform, as Albumentations' `p`) and normalises them. A split
-    with teacher logits gives theirs at `index` too ("teacher_logits")."""
+    per image and per transform, as Albumentations' `p`), resizes them to `size` x
+    `size` if given (bilinear, antialiased: `jax.image.resize`) and normalises them. A
+    split with teacher logits gives theirs at `index` too ("teacher_logits")."""
     images = split.images[index].astype(jnp.float32) / 255.0
     if key is not None and (max_degrees or max_shift or max_scale or elastic_alpha):
         images = _sometimes(jax.random.fold_in(key, 4), probability, images,
@@ -428,6 +429,9 @@ def get_batch(
         images = _sometimes(jax.random.fold_in(key, 5), probability, images,
                             adjust_brightness_contrast(jax.random.fold_in(key, 3), images,
                                                        brightness, contrast))
+    if size is not None and size != images.shape[1]:
+        images = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
+                                  "linear")
     batch = {"image": standardize(images), "label": split.labels[index]}
     if split.teacher_logits is not None:
         batch["teacher_logits"] = split.teacher_logits[index]

@@ -54,21 +54,26 @@ class Trainer:
                              out_shardings=self.replicated)
         self.permutation = jit(data.epoch_permutation, static_argnums=(1, 2),
                                out_shardings=self.replicated)
-        self.get_batch = jit(self._get_batch, out_shardings=self.sharded)
-        self.train_steps = jit(self._train_steps, static_argnums=(6,), donate_argnums=0,
+        self.get_batch = jit(self._get_batch, static_argnames=("size",),
+                             out_shardings=self.sharded)
+        self.train_steps = jit(self._train_steps, static_argnums=(6,), static_argnames=("size",),
+                               donate_argnums=0,
                                out_shardings=(self.replicated, self.replicated))
         self.get_eval_batch = jit(self._get_eval_batch, static_argnums=(2,),
                                   out_shardings=self.sharded)
 
-    def _get_batch(self, split, perm, i, key):
+    def _get_batch(self, split, perm, i, key, size=None):
+        """Batch `i` of `perm`, augmented as the config asks, at `size` x `size` if given
+        (the first epochs of progressive resizing: `Config.small_epochs`)."""
         key = jax.random.fold_in(key, i)
-        return data.get_batch(split, perm[i], key, **data.augmentation_options(self.config))
+        return data.get_batch(split, perm[i], key, **data.augmentation_options(self.config),
+                              size=size)
 
-    def _train_steps(self, state, split, perm, start, key, dropout_rng, n):
+    def _train_steps(self, state, split, perm, start, key, dropout_rng, n, size=None):
         """Batches `start` … `start + n - 1` of `perm`, cut and trained on in one call
         (a `lax.scan`): one dispatch for `n` steps, the same steps as `n` calls."""
         def body(state, i):
-            batch = self._get_batch(split, perm, i, key)
+            batch = self._get_batch(split, perm, i, key, size)
             batch = jax.lax.with_sharding_constraint(batch, self.sharded)
             return self._train_step(state, batch, dropout_rng)
 

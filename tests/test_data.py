@@ -352,6 +352,27 @@ def test_an_elastic_distortion_moves_strokes_a_little_and_keeps_their_ink(monkey
     assert asked == [(0.0, 0.0, 0.0, 16.0, 3.0)]
 
 
+def test_a_batch_at_a_smaller_size_is_the_images_resized_then_normalised():
+    images = np.asarray(jax.random.randint(jax.random.key(0), (4, 28, 28, 1), 0, 256),
+                        np.uint8)
+    split = data.Split(images=images, labels=np.arange(4, dtype=np.int32))
+    small = jax.jit(functools.partial(data.get_batch, size=14))(split, jnp.arange(4))
+    chex.assert_shape(small["image"], (4, 14, 14, 1))
+    # Antialiased bilinear resizing by 1/2: along each axis, output i is input pixels
+    # 2i - 1 .. 2i + 2 weighted 1, 3, 3, 1 (a triangle twice as wide), the weights
+    # renormalised where they fall outside the image.
+    w = np.zeros((14, 28))
+    for i in range(14):
+        for d, v in zip((-1, 0, 1, 2), (1, 3, 3, 1)):
+            if 0 <= 2 * i + d < 28:
+                w[i, 2 * i + d] = v
+    w /= w.sum(axis=1, keepdims=True)
+    by_hand = np.einsum("ij,njkc,lk->nilc", w, images / 255.0, w)
+    np.testing.assert_allclose(small["image"], (by_hand - data.MEAN) / data.STD, atol=1e-4)
+    chex.assert_trees_all_equal(data.get_batch(split, jnp.arange(4), size=28)["image"],
+                                data.get_batch(split, jnp.arange(4))["image"])
+
+
 def test_brightness_and_contrast_are_one_affine_map_per_image_clipped_to_0_1():
     images = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
     chex.assert_trees_all_equal(
@@ -401,8 +422,10 @@ def test_augmentation_options_hand_every_augmentation_field_to_get_batch():
     assert options == dict(max_degrees=7.0, max_shift=2.0, max_scale=0.09, brightness=0.2,
                            contrast=0.3, probability=0.5, elastic_alpha=16.0,
                            elastic_sigma=3.0)
-    # every augmentation argument of get_batch is one of the config's
-    assert set(options) == set(list(inspect.signature(data.get_batch).parameters)[3:])
+    # every augmentation argument of get_batch is one of the config's (the size is not
+    # an augmentation: Config.small_size, by epoch)
+    assert set(options) == set(inspect.signature(data.get_batch).parameters) - {
+        "split", "index", "key", "size"}
     for name in fields:  # and each field reaches its own argument
         changed = data.augmentation_options(Config(**{**fields, name: 0.25}))
         assert [k for k in options if options[k] != changed[k]] != []

@@ -229,6 +229,34 @@ def test_a_run_with_test_time_augmentation_records_each_count_of_shifts(
         configs.Config(tta=3)
 
 
+def test_progressive_resizing_trains_the_first_epochs_small_and_evaluates_at_28(
+        synthetic_splits, tmp_path, monkeypatch):
+    sizes = []  # each batch's image size, as the jitted steps are traced
+    get_batch = data.get_batch
+
+    def recording(*args, size=None, **kwargs):
+        batch = get_batch(*args, size=size, **kwargs)
+        sizes.append(batch["image"].shape[1])
+        return batch
+
+    asked = []  # the size each training batch is asked for, call by call
+
+    class Recording(train.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            jitted = self.get_batch
+            self.get_batch = lambda *a, size=None: asked.append(size) or jitted(*a, size=size)
+
+    monkeypatch.setattr(data, "get_batch", recording)
+    monkeypatch.setattr(train, "Trainer", Recording)
+    config = dataclasses.replace(SHORT, arch="c4 p v8", epochs=3, small_epochs=2,
+                                 small_size=16)
+    train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
+    assert asked == [16] * 16 + [None] * 8  # 8 steps an epoch
+    assert sizes == [16, 28, 28]  # one trace a size, and the evaluation's at 28
+    assert len(rundir.read_metrics(tmp_path / "run")) == 3
+
+
 def metrics_of(run_dir):
     return [{k: v for k, v in json.loads(line).items()
              if k not in ("seconds", "train_images_per_s")}
@@ -389,6 +417,11 @@ def test_fast_kernels_are_the_default_on_cpu_only(monkeypatch):
     (dict(bn_before_relu="yes"), "bn_before_relu must be true or false, got 'yes'"),
     (dict(bn_scale=False, norm="layer"), "bn_scale false needs norm 'batch', got 'layer'"),
     (dict(bn_scale="no"), "bn_scale must be true or false, got 'no'"),
+    (dict(small_epochs=20), "small_epochs must be in [0, epochs) (the last epoch trains at "
+     "28x28; epochs is 20), got 20"),
+    (dict(small_size=28), "small_size must be in [1, 28), got 28"),
+    (dict(small_size=20, small_epochs=1, arch="c8 p v8x6"),
+     "small_size 20: at 20x20, 'v8x6' (layer 3) shrinks the 10x10 map it gets below 1x1"),
     (dict(augment_probability=0.0), "augment_probability must be in (0, 1], got 0.0"),
     (dict(ema_decay=1.0), "ema_decay must be in [0, 1), got 1.0"),
     (dict(weight_decay=-0.1), "weight_decay must be in [0, 1), got -0.1"),

@@ -61,18 +61,21 @@ def train_epoch(trainer: Trainer, state: TrainState, split: data.Split, perm: ja
     checked every 50 steps (a non-finite one raises TrainingDiverged); `on_steps(n,
     metrics)` is called then with the steps done and the newest steps' metrics.
     `on_step(epoch, n, steps)`, if given, is called after each jitted call is dispatched
-    (it may raise Stopped)."""
+    (it may raise Stopped). The first `config.small_epochs` epochs train on images
+    resized to `config.small_size` (progressive resizing)."""
+    config = trainer.config
+    size = config.small_size if epoch <= config.small_epochs else None
     pending: list[dict] = []  # step metrics on the device, not yet checked
     host: list[dict] = []  # those checked, one per step
     done = 0
     while done < steps:
-        n = min(trainer.config.steps_per_call, steps - done)
+        n = min(config.steps_per_call, steps - done)
         if n == 1:
-            batch = trainer.get_batch(split, perm, done, augment_key)
+            batch = trainer.get_batch(split, perm, done, augment_key, size=size)
             state, m = trainer.train_step(state, batch, dropout_key)
         else:
             state, m = trainer.train_steps(state, split, perm, done, augment_key,
-                                           dropout_key, n)
+                                           dropout_key, n, size=size)
         pending.append(m)
         done += n
         if on_step is not None:
