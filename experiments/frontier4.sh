@@ -35,16 +35,20 @@
 #            param a channel fewer): `micro` as it is (1,888 params) and with the freed
 #            parameters spent on a 9-channel first block (`c9 p v10 v10x4`, 1,989); `nano`
 #            with them spent on an 8-channel first block (`c8 p dc10 dc10x2 p dc10x3`, 672);
-#            `tiny` as it is (3,574); two seeds each
+#            `tiny` as it is (3,574); two seeds each, a third for `tiny` (within 0.15
+#            points of the recipe after two; it ran after round 13)
 #  round 12: strided convs (scN: a 3x3 conv at stride 2) in place of a pool: `micro` with
 #            its first conv strided (`sc8 v10 v10x4`: no 28x28 layer) or with the pool and
 #            the conv after it made one strided conv (`c8 sc10 v10x4`), both 1,946 params;
 #            `fast` with a strided conv in place of its space-to-depth and the conv after
-#            it (`c8 sc16 c16 v16 v16 v16 v16`, 13,226 params); two seeds each
+#            it (`c8 sc16 c16 v16 v16 v16 v16`, 13,226 params); two seeds each, a third
+#            for `c8 sc10 v10x4` and `fast`'s (within 0.15 points of the recipe after two;
+#            they ran beside round 13)
 #  round 13: progressive resizing (--small-epochs K --small-size S: the first K epochs on
 #            the images resized to SxS) for `fast`: its 4 epochs with the first 2 at 20x20,
 #            and 5 epochs with the first 3 at 20x20 (about the work of 3.5 epochs at
-#            28x28); two seeds each
+#            28x28); two seeds each, then a third (both within 0.15 points of the recipe
+#            after two)
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -200,6 +204,7 @@ case "$ROUND" in
     run nano-11 c8-noscale-seed1 --recipe nano --arch "c8 p dc10 dc10x2 p dc10x3" \
       --no-bn-scale --seed 1
     run tiny-17 noscale-seed1 --recipe tiny --no-bn-scale --seed 1
+    run tiny-17 noscale-seed2 --recipe tiny --no-bn-scale --seed 2
   } ;;
 12)
   # strided convs in place of pools
@@ -212,17 +217,22 @@ case "$ROUND" in
     run micro-12 sc10 --recipe micro --arch "c8 sc10 v10x4"
     run micro-12 sc10-seed1 --recipe micro --arch "c8 sc10 v10x4" --seed 1
     run fast-15 sc16-seed1 --recipe fast --arch "c8 sc16 c16 v16 v16 v16 v16" --seed 1
+    run fast-15 sc16-seed2 --recipe fast --arch "c8 sc16 c16 v16 v16 v16 v16" --seed 2
+    run micro-12 sc10-seed2 --recipe micro --arch "c8 sc10 v10x4" --seed 2
   } ;;
 13)
   # progressive resizing
   queue_a() {
     run fast-16 s20e2 --recipe fast --small-epochs 2 --small-size 20
     run fast-16 s20e2-seed1 --recipe fast --small-epochs 2 --small-size 20 --seed 1
+    run fast-16 s20e2-seed2 --recipe fast --small-epochs 2 --small-size 20 --seed 2
   }
   queue_b() {
     run fast-16 e5-s20e3 --recipe fast --epochs 5 --small-epochs 3 --small-size 20
     run fast-16 e5-s20e3-seed1 --recipe fast --epochs 5 --small-epochs 3 --small-size 20 \
       --seed 1
+    run fast-16 e5-s20e3-seed2 --recipe fast --epochs 5 --small-epochs 3 --small-size 20 \
+      --seed 2
   } ;;
 *)
   echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 13)" >&2
