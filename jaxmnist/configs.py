@@ -227,7 +227,10 @@ def fast() -> Config:
 
     Chosen on the same validation split as `default`, against the seed net's 4 epochs
     (the recipe before it) and other nets that pool or space-to-depth early: rounds
-    experiments/results/selection/fast-1/ to fast-12/, docs/selection-fast.md."""
+    experiments/results/selection/fast-1/ to fast-12/, docs/selection-fast.md; kept
+    through Adam, test-time augmentation, 3 epochs and label smoothing (fast-13/,
+    fast-14/), and level with a strided conv and progressive resizing, which are not
+    timed yet (fast-15/, fast-16/)."""
     return Config(arch=FAST_ARCH, bias=True, dropout=0.0, epochs=4, lr=0.4,
                   schedule="onecycle")
 
@@ -251,7 +254,8 @@ def tiny() -> Config:
     three seeds each (tiny-11/, tiny-12/; the ReLU version is superseded); kept against
     factorised convs and no head layer (tiny-13/, tiny-14/); 60 epochs beat 20 (tiny-15/;
     the 20-epoch version is superseded); kept against an elastic distortion (tiny-16/:
-    the same mean); docs/selection-small.md, docs/selection-tiny.md."""
+    the same mean) and BatchNorm without its scale (tiny-17/); docs/selection-small.md,
+    docs/selection-tiny.md."""
     return dataclasses.replace(
         default(), arch=TINY_ARCH, bias=True, dropout=0.0, shift_pixels=2.0, scale=0.09,
         brightness=0.2, contrast=0.2, activation="leaky_relu", epochs=60)
@@ -274,7 +278,9 @@ def micro() -> Config:
     epochs and a teacher (experiments/results/selection/micro-1/, micro-2/), then
     test-time augmentation, a PReLU, and the leaky ReLU against a ReLU over three seeds
     each (micro-3/, micro-4/; the ReLU version is superseded); kept against 60 epochs,
-    factorised convs and no head layer (micro-5/ to micro-7/); docs/selection-micro.md."""
+    factorised convs and no head layer (micro-5/ to micro-7/), less augmentation, a higher
+    lr, a smaller batch, an elastic distortion, a hidden head layer, BatchNorm without
+    its scale and strided convs (micro-8/ to micro-12/); docs/selection-micro.md."""
     return dataclasses.replace(default(), arch=MICRO_ARCH, bias=True, dropout=0.0,
                                activation="leaky_relu")
 
@@ -297,7 +303,8 @@ def nano() -> Config:
     test-time augmentation and a leaky ReLU (nano-7/, nano-8/); the head layer's
     parameters moved to depth beat `c4 p dc8 dc10 p dc14` with a head (698 params,
     superseded) and `c4 p dc10 dc10 p dc10x3` (nano-9/); 60 epochs beat 20 (nano-10/;
-    the 20-epoch version is superseded); docs/selection-nano.md."""
+    the 20-epoch version is superseded); kept against BatchNorm without its scale
+    (nano-11/); docs/selection-nano.md."""
     return dataclasses.replace(default(), arch=NANO_ARCH, head="none", dropout=0.0,
                                rotate_degrees=0.0, shift_pixels=0.0, epochs=60)
 
