@@ -43,7 +43,7 @@ import optax
 
 from jaxmnist import configs, data, kernels, parallel
 from jaxmnist.bench import synthetic_batch
-from jaxmnist.models import SEED_ARCH, Net, parse_arch, strided_size
+from jaxmnist.models import SEED_ARCH, Net, layer_table, parse_arch
 from jaxmnist.steps import create_train_state, train_step
 
 HERE = Path(__file__).resolve().parent
@@ -93,18 +93,12 @@ def parts(fast: bool, batch_size: int) -> dict:
 
 
 def layer_inputs(arch: str) -> list[tuple[str, str, int, tuple[int, int, int]]]:
-    """(name, kind, features, input shape without the batch) of each layer of `arch`."""
-    shape, out = (28, 28, 1), []
-    for kind, name, features, repeats in parse_arch(arch):
-        out.append((name, kind, features, shape))
-        h, w, c = shape
-        shrink = 2 * repeats
-        shape = {"conv": (h, w, features), "valid": (h - shrink, w - shrink, features),
-                 "strided_conv": (strided_size(h), strided_size(w), features),
-                 "pool": (h // 2, w // 2, c), "space_to_depth": (h // 2, w // 2, 4 * c),
-                 "transition": (h, w, features)}[
-                     kind.removeprefix("separable_").removeprefix("factorised_")]
-    return out
+    """(name, kind, features, input shape without the batch) of each layer of `arch`:
+    the input of each is the output of the one before, as `layer_table` gives it."""
+    rows = layer_table(Net(arch=arch))[:-1]  # the head apart
+    shapes = [(28, 28, 1)] + [r.output for r in rows[:-1]]
+    return [(name, kind, features, shape)
+            for (kind, name, features, _), shape in zip(parse_arch(arch), shapes)]
 
 
 def layer_parts(batch_size: int, arch: str = SEED_ARCH) -> dict:
