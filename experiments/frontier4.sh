@@ -49,6 +49,21 @@
 #            and 5 epochs with the first 3 at 20x20 (about the work of 3.5 epochs at
 #            28x28); two seeds each, then a third (both within 0.15 points of the recipe
 #            after two)
+#  round 14: `fast`'s leads timed: `fast`, the strided conv of round 12, progressive resizing
+#            of round 13 (2 of 4 epochs and 3 of 5 at 20x20) and the strided conv with 2
+#            of 4 epochs at 20x20, one run at a time (one queue, nothing else on the
+#            machine), without --tta (its shifted passes would add to every evaluation),
+#            the order rotated from seed to seed; each run's metrics.jsonl `seconds` are
+#            its time
+#  round 15: the same way (one at a time, the order rotated): `fast` again; airbench's
+#            whitening first conv (wN: a 3x3 conv frozen at the whitening of the
+#            training images' patches, a learned bias, a ReLU) in place of its first
+#            block (`w8 s c16 c16 v16 v16 v16 v16`); the strided conv with the first 2 of
+#            4 epochs at 20x20 and the whitening conv; and the strided conv's time saved
+#            spent on a fifth epoch, the first 2 or 3 at 20x20
+#  round 16: the whitening first conv in the small nets, in place of their first block:
+#            `w8 p v10 v10x4` (`micro`, 1,930 params), `w8 p v8 v10 v10 v12` (`tiny`,
+#            3,606), `w6 p dc10 dc10x2 p dc10x3` (`nano`, 674); two seeds each
 #
 #   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
 set -u
@@ -63,6 +78,11 @@ run() {  # SELECTION-ROUND NAME FLAGS...
   local round=$1 name=$2; shift 2
   .venv/bin/python -m jaxmnist.train --validation 5000 --data-dir "$DATA" --no-progress \
     --out "$SEL/$round" --name "$name" --tta 8 "$@" || echo "FAILED $round/$name" >&2
+}
+alone() {  # SELECTION-ROUND NAME FLAGS...: a timed run, no test-time augmentation
+  local round=$1 name=$2; shift 2
+  .venv/bin/python -m jaxmnist.train --validation 5000 --data-dir "$DATA" --no-progress \
+    --out "$SEL/$round" --name "$name" "$@" || echo "FAILED $round/$name" >&2
 }
 case "$ROUND" in
 1)
@@ -234,8 +254,66 @@ case "$ROUND" in
     run fast-16 e5-s20e3-seed2 --recipe fast --epochs 5 --small-epochs 3 --small-size 20 \
       --seed 2
   } ;;
+14)
+  # fast's leads, timed one at a time
+  SC16=(--arch "c8 sc16 c16 v16 v16 v16 v16")
+  S20E2=(--small-epochs 2 --small-size 20)
+  lead() {  # NAME SEED: one of the five runs at one seed
+    local suffix=""; [ "$2" = 0 ] || suffix="-seed$2"
+    case "$1" in
+      fast) alone fast-17 "fast$suffix" --recipe fast --seed "$2" ;;
+      sc16) alone fast-17 "sc16$suffix" --recipe fast "${SC16[@]}" --seed "$2" ;;
+      s20e2) alone fast-17 "s20e2$suffix" --recipe fast "${S20E2[@]}" --seed "$2" ;;
+      e5-s20e3) alone fast-17 "e5-s20e3$suffix" --recipe fast --epochs 5 --small-epochs 3 \
+        --small-size 20 --seed "$2" ;;
+      sc16-s20e2) alone fast-17 "sc16-s20e2$suffix" --recipe fast "${SC16[@]}" "${S20E2[@]}" \
+        --seed "$2" ;;
+    esac
+  }
+  queue_a() {
+    for x in fast sc16 s20e2 e5-s20e3 sc16-s20e2; do lead $x 0; done
+    for x in sc16-s20e2 e5-s20e3 s20e2 sc16 fast; do lead $x 1; done
+    for x in s20e2 fast sc16-s20e2 sc16 e5-s20e3; do lead $x 2; done
+  }
+  queue_b() { :; } ;;
+15)
+  # the whitening conv; the strided conv with progressive resizing and a fifth epoch
+  W8=(--arch "w8 s c16 c16 v16 v16 v16 v16")
+  W8SC16=(--arch "w8 sc16 c16 v16 v16 v16 v16")
+  SC16=(--arch "c8 sc16 c16 v16 v16 v16 v16")
+  lead() {  # NAME SEED: one of the five runs at one seed
+    local suffix=""; [ "$2" = 0 ] || suffix="-seed$2"
+    case "$1" in
+      fast) alone fast-18 "fast$suffix" --recipe fast --seed "$2" ;;
+      w8) alone fast-18 "w8$suffix" --recipe fast "${W8[@]}" --seed "$2" ;;
+      w8-sc16-s20e2) alone fast-18 "w8-sc16-s20e2$suffix" --recipe fast "${W8SC16[@]}" \
+        --small-epochs 2 --small-size 20 --seed "$2" ;;
+      sc16-e5-s20e2) alone fast-18 "sc16-e5-s20e2$suffix" --recipe fast "${SC16[@]}" \
+        --epochs 5 --small-epochs 2 --small-size 20 --seed "$2" ;;
+      sc16-e5-s20e3) alone fast-18 "sc16-e5-s20e3$suffix" --recipe fast "${SC16[@]}" \
+        --epochs 5 --small-epochs 3 --small-size 20 --seed "$2" ;;
+    esac
+  }
+  queue_a() {
+    for x in fast w8 w8-sc16-s20e2 sc16-e5-s20e2 sc16-e5-s20e3; do lead $x 0; done
+    for x in sc16-e5-s20e3 sc16-e5-s20e2 w8-sc16-s20e2 w8 fast; do lead $x 1; done
+    for x in w8-sc16-s20e2 fast sc16-e5-s20e3 w8 sc16-e5-s20e2; do lead $x 2; done
+  }
+  queue_b() { :; } ;;
+16)
+  # the whitening first conv in the small nets
+  queue_a() {
+    run micro-13 w8 --recipe micro --arch "w8 p v10 v10x4"
+    run micro-13 w8-seed1 --recipe micro --arch "w8 p v10 v10x4" --seed 1
+    run tiny-18 w8 --recipe tiny --arch "w8 p v8 v10 v10 v12"
+  }
+  queue_b() {
+    run nano-12 w6 --recipe nano --arch "w6 p dc10 dc10x2 p dc10x3"
+    run tiny-18 w8-seed1 --recipe tiny --arch "w8 p v8 v10 v10 v12" --seed 1
+    run nano-12 w6-seed1 --recipe nano --arch "w6 p dc10 dc10x2 p dc10x3" --seed 1
+  } ;;
 *)
-  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 13)" >&2
+  echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 16)" >&2
   exit 2 ;;
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &

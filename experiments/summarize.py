@@ -229,7 +229,9 @@ def recipes_table() -> str:
 
 def round_table(name: str) -> str:
     """A selection round: what its runs share, then one row per config (its seeds
-    grouped) with what differs, and the final-epoch validation accuracy."""
+    grouped) with what differs, and the final-epoch validation accuracy; for a round
+    whose every run was made alone (studies/timing/alone.txt), each run's seconds (the
+    sum of its epochs') too, and their median."""
     runs = sorted((p.parent for p in (RESULTS / "selection" / name).glob("*/config.json")),
                   key=lambda p: natural(p.name))
     if not runs:
@@ -245,6 +247,8 @@ def round_table(name: str) -> str:
     # and with 8 shifts, all from the same evaluations (metrics' accuracy_by_shifts).
     shifts = [k for k in ("4", "8") if all(
         k in load(r)[1][-1].get(f"{split}_accuracy_by_shifts", {}) for r in runs)]
+    made_alone = alone()
+    timed = all(r.relative_to(RESULTS).as_posix() in made_alone for r in runs)
     rows = []
     for group in groups.values():
         config, rows_ = load(group[0])
@@ -261,13 +265,19 @@ def round_table(name: str) -> str:
                      ", ".join(f"{a:.2f}" for a in finals), f"**{mean_std(finals)}**"]
                     + [mean_std([100 * load(r)[1][-1][f"{split}_accuracy_by_shifts"][k]
                                  for r in group]) for k in shifts] + [f"{train:.2f}"])
+        if timed:
+            seconds = [sum(m["seconds"] for m in load(r)[1]) for r in group]
+            rows[-1] += [", ".join(f"{x:.1f}" for x in seconds),
+                         f"{statistics.median(seconds):.1f}"]
     single = " (single pass)" if shifts else ""
+    machine = made_alone.get(runs[0].relative_to(RESULTS).as_posix()) or "CPU not recorded"
     return (f"Common to `selection/{name}/`: {common}; evaluated on the validation split "
             f"(the last {configs[0]['validation']:,} training images).\n\n"
             + table(["runs", "what differs" if varying else "recipe", "params", "seeds",
                      f"final-epoch val accuracy{single} (%)", "mean"]
                     + [f"with {k} shifts (mean)" for k in shifts]
-                    + ["final train accuracy (%)"], rows))
+                    + ["final train accuracy (%)"]
+                    + ([f"seconds, alone ({machine})", "median (s)"] if timed else []), rows))
 
 
 def tta_probe_table() -> str:

@@ -26,7 +26,11 @@ def build(config) -> nn.Sequential:
     layers, channels = [], 1
     block_dropout = config.dropout if config.dropout_at == "blocks" else 0.0
     for kind, _, features, repeats in parse_arch(config.arch):
-        if kind in BLOCK_KINDS:
+        if kind == "whitening":  # a 3x3 conv with its weight frozen, a bias, the activation
+            conv = nn.Conv2d(channels, features, 3, padding=1, bias=True)
+            conv.weight.requires_grad_(False)
+            layers += [conv, activation(config)]
+        elif kind in BLOCK_KINDS:
             padding = 0 if kind.endswith("valid") else 1
             if kind.startswith("separable"):
                 conv = [nn.Conv2d(channels, channels, 3, padding=padding, groups=channels,
@@ -79,10 +83,22 @@ def block(conv: list, features: int, config, dropout: float) -> list:
             "none": [], "batch": [nn.BatchNorm2d(features)]}[config.norm]
     if config.norm == "batch" and not config.bn_scale:
         norm[0].weight.requires_grad_(False)
-    act = [{"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU,
-            "leaky_relu": nn.LeakyReLU}[config.activation]()]
+    act = [activation(config)]
     return (conv + (norm + act if config.bn_before_relu else act + norm)
             + ([nn.Dropout(dropout)] if dropout else []))
+
+
+def activation(config) -> nn.Module:
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU,
+            "leaky_relu": nn.LeakyReLU}[config.activation]()
+
+
+def stored_params(model: nn.Module) -> int:
+    """The parameters jaxmnist's net stores: all but the BatchNorm weights held at 1
+    (`bn_scale` off), which it does not have; a whitening layer's frozen weight is
+    stored, and counted."""
+    return sum(p.numel() for m in model.modules() for name, p in m.named_parameters(recurse=False)
+               if not (isinstance(m, nn.BatchNorm2d) and name == "weight" and not p.requires_grad))
 
 
 class Permute(nn.Module):
@@ -111,7 +127,7 @@ def main():
     config = configs.RECIPES[args.recipe]()
     args.batch_size = args.batch_size or config.batch_size
     model = build(config)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = stored_params(model)
     expected = param_count(config)
     if params != expected:
         raise SystemExit(f"torch_peer: {params} params, jaxmnist's net has {expected}")

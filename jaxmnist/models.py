@@ -14,11 +14,15 @@ A net is a plain string of layers (`arch`), read left to right from the 28x28 in
 | `fvN` | the same, valid (the image shrinks by 2)                  | 3·in·N + 3·N·N + 2N |
 | `scN` | the `cN` block with a strided conv: stride 2, so the map  | 9·in·N + 2N         |
 |       | halves (28x28 -> 14x14, 7x7 -> 4x4) in a pool's place     |                     |
+| `wN`  | the first layer only: a 3x3 conv ->N, padding 1, whose   | 9N + N              |
+|       | kernel is frozen at the whitening of the training images' |                     |
+|       | 3x3 patches (`whitening_kernel`), a learned bias, the     |                     |
+|       | activation; no norm, no dropout (airbench's first layer)  |                     |
 | `p`   | max-pool 2x2, stride 2                                    | 0                   |
 | `tN`  | transition: conv 1x1 ->N (no bias)                        | in·N                |
 | `s`   | space-to-depth 2x2: HxWxC -> H/2xW/2x4C (`PixelUnshuffle(2)`) | 0                   |
 
-A block token but `scN` with `xK` (`c16x3`, `dc26x3`, `fv10x4`) is that block applied K
+A block token but `scN` and `wN` with `xK` (`c16x3`, `dc26x3`, `fv10x4`) is that block applied K
 times in a row with one set of conv weights, counted once, each application with its own
 norm (BatchNorm: +2N params each) and dropout; its input must have N channels already.
 
@@ -46,7 +50,8 @@ blocks' activation, norm and dropout (a `ConvBlock` of 1x1 kernels, `head_hidden
 the published 1,936- and 2,180-parameter nets' GAP -> dense 16 -> 10 (C·H params,
 + H with `bias`, + 2H with BatchNorm).
 Parameter counts are PyTorch's: weights, biases and BatchNorm's scale and offset; not
-its running statistics.
+its running statistics. A `wN` layer's frozen kernel is counted: it is stored with the
+weights, though no step moves it.
 
 The seed net, `SEED_ARCH` (12,088 params):
 
@@ -101,7 +106,8 @@ _NO_FEATURES = ("pool", "space_to_depth")  # the layers written without a number
 # the block kinds (ConvBlock); those ending in "valid" shrink the image by 2, the strided
 # conv halves it (rounding up)
 BLOCK_KINDS = ("conv", "valid", "separable_conv", "separable_valid", "factorised_conv",
-               "factorised_valid", "strided_conv")
+               "factorised_valid", "strided_conv", "whitening")
+WHITENING_PATCH = 9  # the values in a 3x3 patch of a one-channel image
 
 
 class Layer(NamedTuple):
@@ -129,10 +135,10 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
         kind = {"c": "conv", "v": "valid", "p": "pool", "t": "transition",
                 "s": "space_to_depth", "dc": "separable_conv", "dv": "separable_valid",
                 "fc": "factorised_conv", "fv": "factorised_valid",
-                "sc": "strided_conv"}.get(prefix)
+                "sc": "strided_conv", "w": "whitening"}.get(prefix)
         if kind is None or (kind in _NO_FEATURES and len(token) > 1):
             raise ArchError(f"unknown layer {token!r} (expected cN, vN, dcN, dvN, fcN, fvN, "
-                            "scN, tN, p or s; a block but scN may end in xK)")
+                            "scN, wN, tN, p or s; a block but scN and wN may end in xK)")
         features, repeats = 0, 1
         if kind not in _NO_FEATURES:
             count, _, times = token[len(prefix):].partition("x")
@@ -141,7 +147,7 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
                                 f"{prefix!r}")
             features = int(count)
             if "x" in token[len(prefix):]:
-                if kind not in BLOCK_KINDS or kind == "strided_conv":
+                if kind not in BLOCK_KINDS or kind in ("strided_conv", "whitening"):
                     raise ArchError(f"{token!r}: only a block (cN, vN, dcN, dvN, fcN, fvN) "
                                     "can repeat")
                 if not times.isdigit() or int(times) < 2:
@@ -159,6 +165,13 @@ def parse_arch(arch: str, size: int = 28) -> list[Layer]:
         else:
             name = kind
         where = f"{token!r} (layer {len(layers) + 1})"
+        if kind == "whitening" and layers:
+            raise ArchError(f"{where}: a whitening layer whitens the image's own patches, "
+                            "so it can only be the first layer")
+        if kind == "whitening" and (features % 2 or features > 2 * WHITENING_PATCH):
+            raise ArchError(f"{where}: a whitening layer has an even number of channels up "
+                            f"to {2 * WHITENING_PATCH} (each of the patches' "
+                            f"{WHITENING_PATCH} directions and its negative)")
         if kind == "space_to_depth" and size % 2:
             raise ArchError(f"{where} needs an even image size, gets {size}x{size}")
         if kind.endswith("valid") and size - 2 * repeats < 1:
@@ -264,10 +277,7 @@ class ConvBlock(nn.Module):
                 bias_init=torch_conv_bias_init(size * size * channels), name="conv")
         for k in range(1, self.repeats + 1):
             suffix = "" if self.repeats == 1 else str(k)
-            act = {"relu": nn.relu, "sigmoid": nn.sigmoid,
-                   "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.01),
-                   "prelu": lambda x, name=f"prelu{suffix}": nn.PReLU(
-                       negative_slope_init=0.25, name=name)(x)}[self.activation]
+            act = _activation(self.activation, f"prelu{suffix}")
             x = conv(x)
             if self.norm == "none":
                 norm = lambda x: x  # noqa: E731
@@ -284,6 +294,61 @@ class ConvBlock(nn.Module):
             x = act(norm(x)) if self.bn_before_relu else norm(act(x))
             x = _dropout(x, self.dropout_rate, self.fast, train, f"dropout{suffix}")
         return x
+
+
+def _activation(kind: str, prelu_name: str):
+    """The activation `kind` as a function; a PReLU's slope is a module named `prelu_name`
+    (created when called, inside the calling module)."""
+    return {"relu": nn.relu, "sigmoid": nn.sigmoid,
+            "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.01),
+            "prelu": lambda x: nn.PReLU(negative_slope_init=0.25, name=prelu_name)(x)}[kind]
+
+
+class Whitening(nn.Module):
+    """A `wN` layer, airbench's first layer (Jordan 2024): conv 3x3 ->N with padding 1,
+    whose kernel the optimizer never moves (its gradient is stopped here; it is set
+    from the training images by `whitening_kernel`), a learned bias from 0, then the
+    activation; no norm and no dropout."""
+
+    features: int
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", torch_conv_init, (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x = jax.lax.conv_general_dilated(
+            x, jax.lax.stop_gradient(kernel), (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return _activation(self.activation, "prelu")(x + bias)
+
+
+def whitening_kernel(images: jax.Array, features: int, eps: float = 5e-4) -> jax.Array:
+    """A `wN` layer's frozen kernel (HWIO, (3, 3, 1, N)) from `images` (M, H, W, 1),
+    standardised as the net sees them, as airbench computes its own:
+
+        X       the M·(H-2)·(W-2) 3x3 patches, each a row of 9 values
+        C       = XᵀX / rows, their (uncentred) covariance
+        λ, v    C's eigenvalues, largest first, and its eigenvectors
+        kernel  v_i / sqrt(λ_i + eps) for i < N/2, then the same negated
+
+    so a patch's projection on the first N/2 kernels has variance λ_i / (λ_i + eps),
+    about 1, and none correlated with another; after a ReLU, the negated half keeps
+    what falls below 0."""
+    x = jnp.asarray(images, jnp.float32)[..., 0]
+    h, w = x.shape[1:]
+    patches = jnp.stack([x[:, i:i + h - 2, j:j + w - 2] for i in range(3) for j in range(3)],
+                        axis=-1).reshape(-1, WHITENING_PATCH)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(patches.T @ patches / patches.shape[0])
+    top = features // 2  # eigh's are smallest first
+    scaled = eigenvectors[:, ::-1][:, :top] / jnp.sqrt(eigenvalues[::-1][:top] + eps)
+    return jnp.concatenate([scaled, -scaled], axis=1).reshape(3, 3, 1, features)
+
+
+def whitening_layer(arch: str) -> tuple[str, int] | None:
+    """(name, channels) of `arch`'s whitening layer (`wN`), or None where it has none."""
+    first = parse_arch(arch)[0]
+    return (first.name, first.features) if first.kind == "whitening" else None
 
 
 def _dropout(x: jax.Array, rate: float, fast: bool, train: bool, name="dropout") -> jax.Array:
@@ -341,7 +406,9 @@ class Net(nn.Module):
         block_rate = self.dropout_rate if self.dropout_at == "blocks" else 0.0
         pools = 0
         for index, (kind, name, features, repeats) in enumerate(parse_arch(self.arch), 1):
-            if kind in BLOCK_KINDS:
+            if kind == "whitening":
+                x = Whitening(features, self.activation, name=name)(x)
+            elif kind in BLOCK_KINDS:
                 padding = "VALID" if kind.endswith("valid") else 1
                 x = ConvBlock(features, padding, block_rate, self.fast, self.bias,
                               self.bn_before_relu, kind.startswith("separable"), repeats,
@@ -404,7 +471,7 @@ class Row(NamedTuple):
     name: str  # block1, ..., pool, transition, space_to_depth, head
     token: str  # the arch token it comes from ("gap" or "dense" for the head)
     output: tuple[int, ...]  # (H, W, C) for one image; (10,) for the head
-    params: int  # trainable, PyTorch's count (weights, biases, BatchNorm scale and offset)
+    params: int  # PyTorch's count (weights, biases, BatchNorm scale and offset; frozen too)
     field: int  # receptive field: one output unit sees field x field input pixels
     jump: int  # input pixels between neighbouring output units (the head: 0, one unit)
     madds: int  # multiply-adds per image (convs and the head; pools, norms, ReLUs: none)

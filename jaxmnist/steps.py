@@ -19,7 +19,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxmnist import configs, data
-from jaxmnist.models import Net, count_params
+from jaxmnist.models import Net, count_params, whitening_kernel, whitening_layer
 
 
 class TrainState(train_state.TrainState):
@@ -123,14 +123,33 @@ def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedul
     )
 
 
+# The training images a whitening layer's kernel is computed from: airbench's 5,000.
+WHITENING_IMAGES = 5_000
+
+
+def whitening_images(split: data.Split) -> jax.Array:
+    """The first `WHITENING_IMAGES` images of `split`, standardised as the net sees them."""
+    return data.standardize(split.images[:WHITENING_IMAGES].astype(jnp.float32) / 255.0)
+
+
 def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int,
-                       teacher: tuple[Net, dict] | None = None) -> TrainState:
+                       teacher: tuple[Net, dict] | None = None,
+                       images: jax.Array | None = None) -> TrainState:
     """The state of step 0 of `config`'s run; `teacher` (model, variables), the trained
-    net whose logits `train_step` distils (`rundir.load_teacher`), if any."""
+    net whose logits `train_step` distils (`rundir.load_teacher`), if any. A net with a
+    whitening layer (`wN`) takes its frozen kernel from `images` (`whitening_images` of
+    the training split); without them the kernel keeps its random init, which is only
+    for states whose params are then restored, or timed."""
     model = make_model(config)
     variables = init_variables(model, rng, jnp.zeros((1, 28, 28, 1), jnp.float32))
     # A net without BatchNorm (norm="layer") has no statistics: an empty collection.
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    whitening = whitening_layer(config.arch)
+    if whitening and images is not None:
+        name, features = whitening
+        params = {**variables["params"]}
+        params[name] = {**params[name], "kernel": whitening_kernel(images, features)}
+        variables["params"] = params
     schedule = make_schedule(config, steps_per_epoch)
     if config.optimizer == "adam":
         tx = optax.adam(schedule, b1=config.momentum, b2=config.beta2)
@@ -140,7 +159,13 @@ def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: 
         # Decay before momentum, as PyTorch's SGD(weight_decay=...) (and Adam) does.
         # Without it the optimizer state is plain SGD's, as in every checkpoint written
         # before it.
-        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+        # A whitening layer's frozen kernel is not decayed either (a mask only then: the
+        # state of a masked decay is not the plain one's).
+        mask = None
+        if whitening:
+            mask = jax.tree.map(lambda _: True, variables["params"])
+            mask[whitening[0]] = {**mask[whitening[0]], "kernel": False}
+        tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=mask), tx)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
         batch_stats=variables["batch_stats"], ema_decay=config.ema_decay,

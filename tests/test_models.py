@@ -323,6 +323,50 @@ def test_a_strided_block_is_the_plain_block_at_every_other_pixel(fast):
                                 atol=1e-5)
 
 
+def test_a_whitening_kernel_decorrelates_the_patches_to_unit_variance():
+    from jaxmnist.models import whitening_kernel
+
+    # Images with correlated neighbours: a blur of noise, so the patches' covariance
+    # is far from the identity.
+    noise = jax.random.normal(jax.random.key(0), (20, 14, 14))
+    images = (noise + jnp.roll(noise, 1, 1) + jnp.roll(noise, 1, 2))[..., None]
+    x = np.asarray(images[..., 0], np.float64)
+    patches = np.stack([x[:, i:i + 12, j:j + 12] for i in range(3) for j in range(3)],
+                       -1).reshape(-1, 9)  # each patch's 9 values, row by row
+    eigenvalues = np.linalg.eigvalsh(patches.T @ patches / len(patches))[::-1]
+    for features in (8, 18):
+        kernel = whitening_kernel(images, features)
+        chex.assert_shape(kernel, (3, 3, 1, features))
+        half = features // 2
+        np.testing.assert_array_equal(kernel[..., half:], -kernel[..., :half])
+        projections = patches @ np.asarray(kernel[..., :half], np.float64).reshape(9, half)
+        # uncorrelated, each of variance λ / (λ + eps), the largest λ first
+        np.testing.assert_allclose(
+            projections.T @ projections / len(patches),
+            np.diag(eigenvalues[:half] / (eigenvalues[:half] + 5e-4)), atol=1e-4)
+    # The net's layer is that conv (padding 1), a bias, then the activation.
+    model = Net(arch="w8")
+    params = {"block1": {"kernel": kernel[..., :8], "bias": jnp.full(8, 0.1)},
+              "head": {"kernel": jnp.ones((1, 1, 8, 10))}}
+    _, (layer,) = jax.jit(functools.partial(layer_outputs, model))({"params": params}, images)
+    conv = jax.lax.conv_general_dilated(images, kernel[..., :8], (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    chex.assert_trees_all_close(layer, jax.nn.relu(conv + 0.1), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("c8 w8", "can only be the first layer"), ("w7", "an even number of channels up to 18"),
+    ("w20", "an even number of channels up to 18"),
+])
+def test_a_whitening_layer_is_the_first_with_an_even_number_of_channels_up_to_18(
+        arch, message):
+    with pytest.raises(ArchError, match=message):
+        parse_arch(arch)
+    row = layer_table(Net(arch="w8 p v10"))[0]
+    assert (row.params, row.field, row.jump, row.output, row.madds) == (
+        72 + 8, 3, 1, (28, 28, 8), 28 * 28 * 72)
+
+
 def test_dropout_at_must_be_blocks_or_pools():
     with pytest.raises(ValueError, match="dropout_at must be one of"):
         init(Net(arch="c4", dropout_at="convs"))
@@ -477,7 +521,7 @@ def test_a_shared_block_is_the_unshared_blocks_with_equal_convs(fast):
     ("c8 c16x3", "a shared block needs 16 channels in, got 8"),
     ("c8x1", "a count of 2 or more after 'x'"), ("c8 c8x", "a count of 2 or more"),
     ("c8 c8xx2", "a count of 2 or more"), ("c8 t8x2", "only a block"),
-    ("c8 sc8x2", "only a block"),
+    ("c8 sc8x2", "only a block"), ("w8x2", "only a block"),
     ("v8 v8x20", r"'v8x20' \(layer 2\) shrinks the 26x26 map it gets below 1x1"),
     ("cx2", "positive number of channels"),
 ])
@@ -583,7 +627,24 @@ def test_the_pytorch_peer_holds_batchnorm_s_scale_at_one_without_bn_scale():
     assert sum(p.numel() for p in frozen) == 8 + 10 + 4 * 10 + 6  # each BatchNorm's scale
     assert all(bool((p == 1).all()) for p in frozen)
     assert (sum(p.numel() for p in net.parameters() if p.requires_grad)
-            == param_count(config))
+            == param_count(config) == torch_peer_stored(net))
+
+
+def torch_peer_stored(net) -> int:
+    return experiment("torch_peer").stored_params(net)
+
+
+def test_the_pytorch_peer_freezes_a_whitening_layer_s_weight_and_counts_it():
+    torch = pytest.importorskip("torch", reason="the PyTorch peer needs the compare extra")
+    from jaxmnist.configs import Config
+    from jaxmnist.steps import param_count
+
+    config = Config(arch="w8 p v10", bn_scale=False, activation="leaky_relu")
+    net = experiment("torch_peer").build(config)
+    assert isinstance(net[0], torch.nn.Conv2d) and not net[0].weight.requires_grad
+    assert net[0].bias.requires_grad and isinstance(net[1], torch.nn.LeakyReLU)
+    # stored: the frozen 3x3x8 kernel, not BatchNorm's scale held at 1
+    assert torch_peer_stored(net) == param_count(config) == 72 + 8 + 720 + 10 + 10 * 10
 
 
 def test_the_pytorch_peer_builds_the_hidden_head_layer_too():

@@ -91,6 +91,40 @@ def test_weight_decay_adds_its_multiple_of_the_weights_to_the_gradient():
     assert configs.Config().weight_decay == 0.0
 
 
+def test_a_whitening_layer_s_kernel_is_the_images_and_no_step_moves_it():
+    from jaxmnist.models import whitening_kernel
+
+    # With weight decay, which skips the frozen kernel and decays the rest.
+    config = configs.Config(arch="w4 p c4", dropout=0.0, weight_decay=0.1)
+    batch = random_batch(n=16)
+    kernel = whitening_kernel(batch["image"], 4)
+    state = steps.create_train_state(config, jax.random.key(0), 10, images=batch["image"])
+    np.testing.assert_array_equal(state.params["block1"]["kernel"], kernel)
+    after, _ = jax.jit(steps.train_step)(state, batch, jax.random.key(1))
+    np.testing.assert_array_equal(after.params["block1"]["kernel"], kernel)
+    assert np.abs(after.params["block1"]["bias"]).min() > 0  # learned, from 0
+    assert not np.allclose(after.params["block2"]["conv"]["kernel"],
+                           state.params["block2"]["conv"]["kernel"])
+    # Without the images the kernel keeps its random init (for restored or timed states).
+    fresh = steps.create_train_state(config, jax.random.key(0), 10)
+    assert not np.allclose(fresh.params["block1"]["kernel"], kernel)
+
+
+@pytest.mark.slow  # a run end to end; the step and the state are checked above
+def test_a_run_whitens_with_its_first_training_images(synthetic_splits, tmp_path):
+    from jaxmnist.models import whitening_kernel
+
+    config = dataclasses.replace(SHORT, arch="w4 p v8", epochs=1)
+    state = train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
+    train_split = synthetic_splits[0]
+    images = steps.whitening_images(train_split)  # all 1,024 here (the first 5,000)
+    np.testing.assert_allclose(
+        images, (np.asarray(train_split.images, np.float32) / 255 - data.MEAN) / data.STD,
+        rtol=1e-6)
+    np.testing.assert_array_equal(state.params["block1"]["kernel"],
+                                  whitening_kernel(images, 4))
+
+
 def test_nesterov_momentum_looks_one_step_ahead():
     # With the same gradient g every step, plain momentum moves by -lr g (1 + m + m^2 ...)
     # and Nesterov's by -lr g (m·trace + 1): (1 + m) on the first step, 1 + m + m^2 on the
@@ -229,6 +263,7 @@ def test_a_run_with_test_time_augmentation_records_each_count_of_shifts(
         configs.Config(tta=3)
 
 
+@pytest.mark.slow  # a run end to end, compiled at two sizes; the resize by hand is quick
 def test_progressive_resizing_trains_the_first_epochs_small_and_evaluates_at_28(
         synthetic_splits, tmp_path, monkeypatch):
     sizes = []  # each batch's image size, as the jitted steps are traced

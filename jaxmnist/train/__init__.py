@@ -27,8 +27,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxmnist import configs, data, files, multihost, rundir
+from jaxmnist.models import whitening_layer
 from jaxmnist.parallel import Trainer
-from jaxmnist.steps import TrainState, create_train_state
+from jaxmnist.steps import TrainState, create_train_state, whitening_images
 
 log = logging.getLogger("jaxmnist")
 
@@ -140,12 +141,12 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
     train_split, eval_split = splits
     # Distilling from logits computed once: those of every training image, here, in the
     # first epoch's seconds; the state then needs no teacher.
-    teacher_seconds = 0.0
+    setup_seconds = 0.0
     if teacher is not None and config.distill_once:
         t0 = time.perf_counter()
         logits = jax.block_until_ready(trainer.logits(*teacher, train_split))
         train_split, teacher = dataclasses.replace(train_split, teacher_logits=logits), None
-        teacher_seconds = time.perf_counter() - t0
+        setup_seconds = time.perf_counter() - t0
     eval_name = "val" if config.validation else "test"
     steps_per_epoch = len(train_split) // config.batch_size
     if steps_per_epoch == 0:
@@ -161,7 +162,15 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
             rundir.write_config(workdir, config)
         init_key, data_key, dropout_key, augment_key = jax.random.split(
             jax.random.key(config.seed), 4)
-        state = trainer.put(create_train_state(config, init_key, steps_per_epoch, teacher))
+        # A whitening layer's kernel is computed from the training images: part of the
+        # first epoch's seconds too.
+        t0 = time.perf_counter()
+        images = whitening_images(train_split) if whitening_layer(config.arch) else None
+        state = trainer.put(create_train_state(config, init_key, steps_per_epoch, teacher,
+                                               images))
+        if images is not None:
+            jax.block_until_ready(state.params)
+            setup_seconds += time.perf_counter() - t0
         start_epoch = 0
         if resume:
             start_epoch, state = _resume(workdir, state)
@@ -175,8 +184,8 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
         plotted = None
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                t0 = time.perf_counter() - teacher_seconds
-                teacher_seconds = 0.0
+                t0 = time.perf_counter() - setup_seconds
+                setup_seconds = 0.0
                 perm = trainer.permutation(jax.random.fold_in(data_key, epoch),
                                            len(train_split), config.batch_size)
                 with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
