@@ -1,6 +1,7 @@
 """Distillation (--teacher) and the norm without parameters (--norm layer)."""
 
 import dataclasses
+import functools
 import json
 
 import chex
@@ -20,9 +21,24 @@ TEACHER = configs.Config(arch="c8 p v16 v16", epochs=1, eval_batch_size=500)
 
 
 @pytest.fixture(scope="module")
-def teacher_run(synthetic_splits, tmp_path_factory):
-    """A trained run to distil from: one epoch on the synthetic splits."""
+def teacher_run(tmp_path_factory):
+    """A run directory to distil from, as `load_teacher` reads it: `TEACHER`'s config and
+    its state at step 0 as the checkpoint of its one epoch (untrained: the loss's
+    arithmetic needs a teacher, not a good one)."""
     run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    run_dir.mkdir()
+    rundir.write_config(run_dir, TEACHER)
+    manager = rundir.checkpoint_manager(run_dir)
+    rundir.save_checkpoint(manager, TEACHER.epochs,
+                           steps.create_train_state(TEACHER, jax.random.key(0), 8))
+    manager.close()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained_teacher_run(synthetic_splits, tmp_path_factory):
+    """A trained run to distil from: one epoch on the synthetic splits."""
+    run_dir = tmp_path_factory.mktemp("trained-teacher") / "run"
     train.train_and_evaluate(TEACHER, run_dir, splits=synthetic_splits)
     return run_dir
 
@@ -57,9 +73,10 @@ def test_the_step_loss_is_the_weighted_sum_for_two_rows(teacher_run):
         teacher_run, distill_weight=0.3, distill_temperature=2.0)
     batch = {"image": jax.random.normal(jax.random.key(3), (2, 28, 28, 1)),
              "label": jnp.array([3, 7])}
-    logits = np.asarray(state.apply_fn(state.variables(), batch["image"], train=True,
-                                       mutable=["batch_stats"])[0])
-    teacher_logits = np.asarray(teacher_model.apply(teacher_variables, batch["image"]))
+    logits = np.asarray(jax.jit(functools.partial(state.apply_fn, train=True,
+                                                  mutable=["batch_stats"]))(
+        state.variables(), batch["image"])[0])
+    teacher_logits = np.asarray(jax.jit(teacher_model.apply)(teacher_variables, batch["image"]))
     log_q = np.log(softmax(logits))
     ce = -np.mean(log_q[[0, 1], [3, 7]])
     p, q2 = softmax(teacher_logits / 2.0), softmax(logits / 2.0)
@@ -85,7 +102,8 @@ def test_weight_zero_is_the_step_without_a_teacher(teacher_run):
 
 @pytest.mark.slow  # three short runs; the quick suite checks the distilled step's loss
 def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
-        teacher_run, synthetic_splits, tmp_path):
+        trained_teacher_run, synthetic_splits, tmp_path):
+    teacher_run = trained_teacher_run
     config = dataclasses.replace(STUDENT, teacher=str(teacher_run), epochs=2, distill_weight=1.0,
                                  lr=0.1)
     straight = train.train_and_evaluate(config, tmp_path / "straight", splits=synthetic_splits)
@@ -109,7 +127,8 @@ def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
 
 @pytest.mark.slow  # ends in a two-epoch run; the quick suite keeps the distilled step's loss
 def test_logits_computed_once_are_the_teachers_of_the_images_as_they_are(
-        teacher_run, synthetic_splits, tmp_path):
+        trained_teacher_run, synthetic_splits, tmp_path):
+    teacher_run = trained_teacher_run
     config = dataclasses.replace(STUDENT, teacher=str(teacher_run), distill_once=True,
                                  rotate_degrees=10.0)
     model, variables = rundir.load_teacher(config)
@@ -191,19 +210,20 @@ def test_layer_norm_has_no_params_and_standardises_each_image():
     batch_norm = Net(arch="c8 p dc8x2", dropout_rate=0.0)
     layer_norm = Net(arch="c8 p dc8x2", dropout_rate=0.0, norm="layer")
     x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
-    vb = batch_norm.init(jax.random.key(1), x)
-    vl = layer_norm.init(jax.random.key(1), x)
+    vb = jax.eval_shape(batch_norm.init, jax.random.key(1), x)  # shapes are enough here
+    vl = jax.jit(layer_norm.init)(jax.random.key(1), x)
     # BatchNorm's 2 params a channel, three times (block1 once, the shared block twice).
     assert count_params(vb["params"]) - count_params(vl["params"]) == 2 * 8 * 3
     assert "batch_stats" not in vl
-    _, inter = layer_norm.apply(vl, x, train=True, capture_intermediates=True,
-                                mutable=["intermediates"])
+    _, inter = jax.jit(functools.partial(layer_norm.apply, train=True,
+                                         capture_intermediates=True,
+                                         mutable=["intermediates"]))(vl, x)
     out = np.asarray(inter["intermediates"]["block1"]["ln"]["__call__"][0])
     np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
     # The same in training and eval: it keeps no statistics.
-    np.testing.assert_allclose(layer_norm.apply(vl, x, train=True),
-                               layer_norm.apply(vl, x, train=False), rtol=1e-6)
+    apply = jax.jit(layer_norm.apply, static_argnames="train")
+    np.testing.assert_allclose(apply(vl, x, train=True), apply(vl, x, train=False), rtol=1e-6)
 
 
 @pytest.mark.slow  # a run end to end; the norm's maths is tested above, in the quick suite
