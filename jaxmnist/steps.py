@@ -127,28 +127,36 @@ def make_schedule(config: configs.Config, steps_per_epoch: int) -> optax.Schedul
 WHITENING_IMAGES = 5_000
 
 
-def whitening_images(split: data.Split) -> jax.Array:
-    """The first `WHITENING_IMAGES` images of `split`, standardised as the net sees them."""
-    return data.standardize(split.images[:WHITENING_IMAGES].astype(jnp.float32) / 255.0)
+def whitening_of(config: configs.Config, split: data.Split) -> jax.Array | None:
+    """The frozen kernel of `config`'s whitening layer (`wN`), from the first
+    `WHITENING_IMAGES` images of `split` standardised as the net sees them
+    (`models.whitening_kernel`); None for a net without one."""
+    layer = whitening_layer(config.arch)
+    if layer is None:
+        return None
+    images = data.standardize(split.images[:WHITENING_IMAGES].astype(jnp.float32) / 255.0)
+    return whitening_kernel(images, layer[1])
 
 
 def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: int,
                        teacher: tuple[Net, dict] | None = None,
-                       images: jax.Array | None = None) -> TrainState:
+                       whitening: jax.Array | None = None) -> TrainState:
     """The state of step 0 of `config`'s run; `teacher` (model, variables), the trained
     net whose logits `train_step` distils (`rundir.load_teacher`), if any. A net with a
-    whitening layer (`wN`) takes its frozen kernel from `images` (`whitening_images` of
-    the training split); without them the kernel keeps its random init, which is only
-    for states whose params are then restored, or timed."""
+    whitening layer (`wN`) takes `whitening` as its frozen kernel (`whitening_of` the
+    training split); without it the kernel keeps its random init, which is only for
+    states whose params are then restored, or timed."""
     model = make_model(config)
     variables = init_variables(model, rng, jnp.zeros((1, 28, 28, 1), jnp.float32))
     # A net without BatchNorm (norm="layer") has no statistics: an empty collection.
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    whitening = whitening_layer(config.arch)
-    if whitening and images is not None:
-        name, features = whitening
+    layer = whitening_layer(config.arch)
+    if whitening is not None:
+        if layer is None:
+            raise ValueError(f"a whitening kernel is given, but {config.arch!r} has no "
+                             "whitening layer (wN)")
         params = {**variables["params"]}
-        params[name] = {**params[name], "kernel": whitening_kernel(images, features)}
+        params[layer[0]] = {**params[layer[0]], "kernel": whitening}
         variables["params"] = params
     schedule = make_schedule(config, steps_per_epoch)
     if config.optimizer == "adam":
@@ -162,9 +170,9 @@ def create_train_state(config: configs.Config, rng: jax.Array, steps_per_epoch: 
         # A whitening layer's frozen kernel is not decayed either (a mask only then: the
         # state of a masked decay is not the plain one's).
         mask = None
-        if whitening:
+        if layer:
             mask = jax.tree.map(lambda _: True, variables["params"])
-            mask[whitening[0]] = {**mask[whitening[0]], "kernel": False}
+            mask[layer[0]] = {**mask[layer[0]], "kernel": False}
         tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=mask), tx)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,

@@ -98,7 +98,7 @@ def test_a_whitening_layer_s_kernel_is_the_images_and_no_step_moves_it():
     config = configs.Config(arch="w4 p c4", dropout=0.0, weight_decay=0.1)
     batch = random_batch(n=16)
     kernel = whitening_kernel(batch["image"], 4)
-    state = steps.create_train_state(config, jax.random.key(0), 10, images=batch["image"])
+    state = steps.create_train_state(config, jax.random.key(0), 10, whitening=kernel)
     np.testing.assert_array_equal(state.params["block1"]["kernel"], kernel)
     after, _ = jax.jit(steps.train_step)(state, batch, jax.random.key(1))
     np.testing.assert_array_equal(after.params["block1"]["kernel"], kernel)
@@ -108,6 +108,9 @@ def test_a_whitening_layer_s_kernel_is_the_images_and_no_step_moves_it():
     # Without the images the kernel keeps its random init (for restored or timed states).
     fresh = steps.create_train_state(config, jax.random.key(0), 10)
     assert not np.allclose(fresh.params["block1"]["kernel"], kernel)
+    with pytest.raises(ValueError, match="'c4 p c4' has no whitening layer"):
+        steps.create_train_state(configs.Config(arch="c4 p c4"), jax.random.key(0), 10,
+                                 whitening=kernel)
 
 
 @pytest.mark.slow  # a run end to end; the step and the state are checked above
@@ -117,12 +120,13 @@ def test_a_run_whitens_with_its_first_training_images(synthetic_splits, tmp_path
     config = dataclasses.replace(SHORT, arch="w4 p v8", epochs=1)
     state = train.train_and_evaluate(config, tmp_path / "run", splits=synthetic_splits)
     train_split = synthetic_splits[0]
-    images = steps.whitening_images(train_split)  # all 1,024 here (the first 5,000)
-    np.testing.assert_allclose(
-        images, (np.asarray(train_split.images, np.float32) / 255 - data.MEAN) / data.STD,
-        rtol=1e-6)
+    # all 1,024 images here (the first 5,000), standardised as the net sees them
+    images = (np.asarray(train_split.images, np.float32) / 255 - data.MEAN) / data.STD
+    np.testing.assert_allclose(state.params["block1"]["kernel"],
+                               whitening_kernel(images, 4), atol=1e-5)
     np.testing.assert_array_equal(state.params["block1"]["kernel"],
-                                  whitening_kernel(images, 4))
+                                  steps.whitening_of(config, train_split))
+    assert steps.whitening_of(SHORT, train_split) is None
 
 
 def test_nesterov_momentum_looks_one_step_ahead():

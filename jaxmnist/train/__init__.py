@@ -27,9 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxmnist import configs, data, files, multihost, rundir
-from jaxmnist.models import whitening_layer
 from jaxmnist.parallel import Trainer
-from jaxmnist.steps import TrainState, create_train_state, whitening_images
+from jaxmnist.steps import TrainState, create_train_state, whitening_of
 
 log = logging.getLogger("jaxmnist")
 
@@ -165,12 +164,12 @@ def train_and_evaluate(config: configs.Config, workdir: str | os.PathLike, *,
         # A whitening layer's kernel is computed from the training images: part of the
         # first epoch's seconds too.
         t0 = time.perf_counter()
-        images = whitening_images(train_split) if whitening_layer(config.arch) else None
-        state = trainer.put(create_train_state(config, init_key, steps_per_epoch, teacher,
-                                               images))
-        if images is not None:
-            jax.block_until_ready(state.params)
+        whitening = whitening_of(config, train_split)
+        if whitening is not None:
+            jax.block_until_ready(whitening)
             setup_seconds += time.perf_counter() - t0
+        state = trainer.put(create_train_state(config, init_key, steps_per_epoch, teacher,
+                                               whitening))
         start_epoch = 0
         if resume:
             start_epoch, state = _resume(workdir, state)
