@@ -63,9 +63,12 @@
 #            spent on a fifth epoch, the first 2 or 3 at 20x20
 #  round 16: the whitening first conv in the small nets, in place of their first block:
 #            `w8 p v10 v10x4` (`micro`, 1,930 params), `w8 p v8 v10 v10 v12` (`tiny`,
-#            3,606), `w6 p dc10 dc10x2 p dc10x3` (`nano`, 674); two seeds each
+#            3,606), `w6 p dc10 dc10x2 p dc10x3` (`nano`, 674); two seeds each, a third
+#            for `tiny`'s and `nano`'s (within 0.15 points of the recipe after two), and
+#            `nano`'s own third seed (its first two are round 10's), beside them
 #
-#   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time)
+#   bash experiments/frontier4.sh ROUND [DATA_DIR]     (two queues, one run each at a time; a
+#                                                      third where a round has one)
 set -u
 cd "$(dirname "$0")/.."
 ROUND=${1:-}
@@ -306,11 +309,17 @@ case "$ROUND" in
     run micro-13 w8 --recipe micro --arch "w8 p v10 v10x4"
     run micro-13 w8-seed1 --recipe micro --arch "w8 p v10 v10x4" --seed 1
     run tiny-18 w8 --recipe tiny --arch "w8 p v8 v10 v10 v12"
+    run nano-12 w6-seed1 --recipe nano --arch "w6 p dc10 dc10x2 p dc10x3" --seed 1
   }
   queue_b() {
     run nano-12 w6 --recipe nano --arch "w6 p dc10 dc10x2 p dc10x3"
     run tiny-18 w8-seed1 --recipe tiny --arch "w8 p v8 v10 v10 v12" --seed 1
-    run nano-12 w6-seed1 --recipe nano --arch "w6 p dc10 dc10x2 p dc10x3" --seed 1
+    run tiny-18 w8-seed2 --recipe tiny --arch "w8 p v8 v10 v10 v12" --seed 2
+  }
+  queue_c() {  # run beside the other two
+    run nano-12 w6-seed2 --recipe nano --arch "w6 p dc10 dc10x2 p dc10x3" --seed 2 &
+    run nano-12 recipe-seed2 --recipe nano --seed 2
+    wait
   } ;;
 *)
   echo "usage: bash experiments/frontier4.sh ROUND [DATA_DIR]  (ROUND: 1 to 16)" >&2
@@ -318,4 +327,5 @@ case "$ROUND" in
 esac
 queue_a > "/tmp/frontier4-r$ROUND-a.log" 2>&1 &
 queue_b > "/tmp/frontier4-r$ROUND-b.log" 2>&1 &
+if declare -F queue_c > /dev/null; then queue_c > "/tmp/frontier4-r$ROUND-c.log" 2>&1 & fi
 wait
