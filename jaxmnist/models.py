@@ -335,10 +335,9 @@ def whitening_kernel(images: jax.Array, features: int, eps: float = 5e-4) -> jax
     so a patch's projection on the first N/2 kernels has variance λ_i / (λ_i + eps),
     about 1, and none correlated with another; after a ReLU, the negated half keeps
     what falls below 0."""
-    x = jnp.asarray(images, jnp.float32)[..., 0]
-    h, w = x.shape[1:]
-    patches = jnp.stack([x[:, i:i + h - 2, j:j + w - 2] for i in range(3) for j in range(3)],
-                        axis=-1).reshape(-1, WHITENING_PATCH)
+    patches = jax.lax.conv_general_dilated_patches(
+        jnp.asarray(images, jnp.float32), (3, 3), (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")).reshape(-1, WHITENING_PATCH)
     eigenvalues, eigenvectors = jnp.linalg.eigh(patches.T @ patches / patches.shape[0])
     top = features // 2  # eigh's are smallest first
     scaled = eigenvectors[:, ::-1][:, :top] / jnp.sqrt(eigenvalues[::-1][:top] + eps)

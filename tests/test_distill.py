@@ -103,9 +103,8 @@ def test_weight_zero_is_the_step_without_a_teacher(teacher_run):
 @pytest.mark.slow  # three short runs; the quick suite checks the distilled step's loss
 def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
         trained_teacher_run, synthetic_splits, tmp_path):
-    teacher_run = trained_teacher_run
-    config = dataclasses.replace(STUDENT, teacher=str(teacher_run), epochs=2, distill_weight=1.0,
-                                 lr=0.1)
+    config = dataclasses.replace(STUDENT, teacher=str(trained_teacher_run), epochs=2,
+                                 distill_weight=1.0, lr=0.1)
     straight = train.train_and_evaluate(config, tmp_path / "straight", splits=synthetic_splits)
     one = train.train_and_evaluate(dataclasses.replace(config, epochs=1), tmp_path / "one",
                                    splits=synthetic_splits)
@@ -113,7 +112,7 @@ def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
     first, last = rundir.read_metrics(tmp_path / "straight")
     assert last["train_loss"] < 0.8 * first["train_loss"], (first, last)
     assert json.loads((tmp_path / "straight" / "config.json").read_text())["teacher"] == \
-        str(teacher_run)
+        str(trained_teacher_run)
     # The checkpoint holds the student alone: it loads without its teacher.
     model, variables = rundir.load_trained(tmp_path / "one")
     assert set(variables) == {"params", "batch_stats"} and model.arch == "c4 p v8"
@@ -128,8 +127,7 @@ def test_a_distilled_run_resumes_and_keeps_no_teacher_in_its_checkpoint(
 @pytest.mark.slow  # ends in a two-epoch run; the quick suite keeps the distilled step's loss
 def test_logits_computed_once_are_the_teachers_of_the_images_as_they_are(
         trained_teacher_run, synthetic_splits, tmp_path):
-    teacher_run = trained_teacher_run
-    config = dataclasses.replace(STUDENT, teacher=str(teacher_run), distill_once=True,
+    config = dataclasses.replace(STUDENT, teacher=str(trained_teacher_run), distill_once=True,
                                  rotate_degrees=10.0)
     model, variables = rundir.load_teacher(config)
     trainer = parallel.Trainer(config)
